@@ -1,0 +1,1 @@
+"""Metrics: localisation, segmentation, retrieval, text and clinical scores (library implementations underneath)."""
