@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .profiles import Profile, resolve
 
 __all__ = ["Env", "setup", "seed_everything", "pick_device", "in_colab", "resolve_data_dir",
@@ -132,7 +132,8 @@ def setup(seed: int = 0, device: str = "auto", *, profile: Profile | str | None 
           deterministic: bool = True, verbose: bool = True) -> Env:
     """Seed everything, pick the device, resolve the folders and print what was chosen.
 
-    ``device="auto"`` defers to the profile's ``device`` field when a profile is given.
+    ``device="auto"`` defers to the profile's ``device`` field when a profile is given. With a
+    profile that reads real data (colab, full) the data folder must exist.
     The output folder is created; the data and cache folders are created on first write.
     """
     prof = resolve(profile) if isinstance(profile, str) else profile
@@ -143,7 +144,12 @@ def setup(seed: int = 0, device: str = "auto", *, profile: Profile | str | None 
     out = Path(output_dir).expanduser().resolve() if output_dir else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-    env = Env(seed=seed, device=dev, profile=prof, data_dir=resolve_data_dir(data_dir),
+    data = resolve_data_dir(data_dir)
+    if prof is not None and prof.data_source == "real" and not data.is_dir():
+        raise DataError(data, "data folder", f"an existing folder holding the downloaded datasets for profile "
+                        f"{prof.name!r} (set BRAINKIT_DATA or the notebook's DATA_DIR; data_manifests/ says where "
+                        "each dataset comes from)", "no such folder")
+    env = Env(seed=seed, device=dev, profile=prof, data_dir=data,
               cache_dir=resolve_cache_dir(), output_dir=out)
     if verbose:
         v = versions()

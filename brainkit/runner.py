@@ -97,6 +97,13 @@ def notebook_budget(path: str | os.PathLike, profile: Profile) -> float:
     return 60.0 * (profile.budget_training_minutes if training else profile.budget_minutes)
 
 
+def _declared_parameters(path: Path) -> list[str]:
+    """The names in a notebook's ``parameters`` cell."""
+    import papermill
+
+    return list(papermill.inspect_notebook(str(path)))
+
+
 def _kill_tree(pid: int) -> None:
     """Kill a process and all its descendants (papermill starts the kernel in its own session)."""
     try:
@@ -206,20 +213,28 @@ def run_series(profile: str | Profile = "smoke", *, out: str | os.PathLike | Non
     run_dir.mkdir(parents=True, exist_ok=True)
     data = Path(data_dir).resolve() if data_dir else run_dir / "data"
     say = progress or (lambda msg: log.info(msg))
+    extra = dict(extra_parameters or {})
+    declared = {nb: set(_declared_parameters(nb)) for nb in chosen}
+    unknown = sorted(k for k in extra if not any(k in d for d in declared.values()))
+    if unknown:
+        valid = sorted(set().union(*declared.values()))
+        raise ConfigError(f"unknown notebook parameter(s) {', '.join(map(repr, unknown))}: the selected notebooks "
+                          f"declare {', '.join(valid)}")
 
     from . import __version__
     record: dict[str, Any] = {
         "profile": prof.name, "seed": seed, "brainkit_version": __version__,
         "git_revision": _git_revision(folder), "python": platform.python_version(),
         "platform": platform.platform(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "parameters": dict(extra_parameters or {}), "notebooks": [],
+        "parameters": extra, "notebooks": [],
     }
     atomic_write_text(run_dir / "environment.txt", _pip_freeze())
     runs: list[NotebookRun] = []
     for nb in chosen:
         budget = notebook_budget(nb, prof)
+        # Each notebook gets the extra parameters it declares (``-p EPOCHS=2`` reaches the training ones).
         params = {"PROFILE": prof.name, "SEED": seed, "OUTPUT_DIR": str(run_dir / nb.stem), "DATA_DIR": str(data),
-                  **dict(extra_parameters or {})}
+                  **{k: v for k, v in extra.items() if k in declared[nb]}}
         say(f"running {nb.name} (budget {budget / 60:.0f} min, limit {budget * timeout_factor / 60:.0f} min) ...")
         r = run_notebook(nb, run_dir / nb.stem, params, budget * timeout_factor, kernel=kernel)
         r.budget = budget

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from brainkit import env
-from brainkit.errors import ConfigError
+from brainkit.errors import ConfigError, DataError
 
 
 def draws():
@@ -62,3 +62,12 @@ def test_device_errors():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError):
             env.pick_device("cuda")
+
+
+def test_real_data_profile_needs_existing_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("BRAINKIT_DATA", raising=False)
+    with pytest.raises(DataError) as err:
+        env.setup(0, profile="colab", data_dir=tmp_path / "nowhere", verbose=False)
+    assert "nowhere" in str(err.value) and "colab" in str(err.value)
+    (tmp_path / "here").mkdir()
+    assert env.setup(0, profile="colab", data_dir=tmp_path / "here", verbose=False).data_dir == tmp_path / "here"

@@ -90,6 +90,13 @@ def test_cli_bad_input(capsys, tmp_path):
     assert cli.main(["tutorial", "-p", "NOEQUALS"]) == 2
 
 
+def test_unknown_notebook_parameter(course, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        runner.run_series("smoke", out=tmp_path, notebooks_dir=course, only="00", extra_parameters={"EPOCS": 3})
+    assert "EPOCS" in str(err.value) and "SEED" in str(err.value)
+    assert not (tmp_path / "00_good").exists()
+
+
 def test_console_script_installed():
     out = subprocess.run([sys.executable, "-m", "brainkit.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "tutorial" in out.stdout and "doctor" in out.stdout
