@@ -106,6 +106,9 @@ def cmd_results(args: argparse.Namespace) -> int:
     md, csv_path = aggregate(args.run_dir)
     print(md.read_text())
     print(f"written: {md}, {csv_path}")
+    if args.readme:
+        from .results import update_readme
+        print(f"updated the results section of {update_readme(args.readme, args.run_dir)}")
     return 0
 
 
@@ -140,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("results", help="(re)write results.md and results.csv of a run folder")
     r.add_argument("run_dir")
+    r.add_argument("--readme", default=None, help="also rewrite the results section of this README")
     r.set_defaults(func=cmd_results)
     return p
 

@@ -30,7 +30,7 @@ from .errors import DataError
 from .profiles import Profile
 from .train import atomic_write_text
 
-__all__ = ["save", "load", "collect", "published", "rows", "aggregate"]
+__all__ = ["save", "load", "collect", "published", "rows", "aggregate", "readme_block", "update_readme"]
 
 METRICS_FILE = "metrics.json"
 
@@ -174,3 +174,40 @@ def aggregate(runs_dir: str | os.PathLike) -> tuple[Path, Path]:
         lines += [f"| **total** | | {total:.0f} | |", ""]
     md_path = atomic_write_text(runs_dir / "results.md", "\n".join(lines))
     return md_path, csv_path
+
+
+README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def readme_block(runs_dir: str | os.PathLike, per_notebook: int = 6) -> str:
+    """The README's results section: every metric that has a published counterpart, and up to
+    ``per_notebook`` metrics of a notebook without one, then the wall times."""
+    runs_dir = Path(runs_dir)
+    table = rows(runs_dir)
+    lines = ["| notebook | metric | ours | paper |", "|---|---|---|---|"]
+    by_nb: dict[str, list[dict]] = {}
+    for r in table:
+        by_nb.setdefault(r["notebook"], []).append(r)
+    for nb, rs in by_nb.items():
+        with_paper = [r for r in rs if r["paper"] is not None]
+        for r in with_paper or rs[:per_notebook]:
+            lines.append(f"| {nb} | {r['metric']} | {_fmt(r['ours'])} | {_fmt(r['paper'])} |")
+    run_file = runs_dir / "run.json"
+    if run_file.is_file():
+        run = json.loads(run_file.read_text())
+        lines += ["", f"Wall time per notebook (profile `{run.get('profile')}`, git {run.get('git_revision') or '?'}):", "",
+                  "| notebook | status | seconds |", "|---|---|---|"]
+        lines += [f"| {n['name']} | {n['status']} | {n['seconds']:.0f} |" for n in run.get("notebooks", [])]
+        lines.append(f"| total | | {sum(n['seconds'] for n in run.get('notebooks', [])):.0f} |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: str | os.PathLike, runs_dir: str | os.PathLike) -> Path:
+    """Replace the text between the README's results markers with :func:`readme_block`."""
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        raise DataError(readme, "results section", f"the markers {README_START} and {README_END}", "missing")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    return atomic_write_text(readme, f"{head}{README_START}\n{readme_block(runs_dir)}\n{README_END}{tail}")

@@ -67,3 +67,18 @@ def test_aggregate_puts_paper_beside_ours(tmp_path):
 def test_aggregate_missing_folder(tmp_path):
     with pytest.raises(DataError, match="no such folder"):
         results.aggregate(tmp_path / "nope")
+
+
+def test_update_readme_replaces_only_the_block(tmp_path):
+    results.save({"pixel_auroc": 0.93, "other": 2.0}, tmp_path / "02_c", notebook="02_c", profile="smoke")
+    results.save({"toy": 0.8}, tmp_path / "00_q", notebook="00_q", profile="smoke")
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\nafter\n")
+    results.update_readme(readme, tmp_path)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("after\n") and "old" not in text
+    assert "| 02_c | pixel_auroc | 0.93 | 0.991 |" in text and "| 00_q | toy | 0.8 | – |" in text
+    assert "| 02_c | other |" not in text  # notebooks with published numbers show those rows
+    readme.write_text("no markers")
+    with pytest.raises(DataError, match="markers"):
+        results.update_readme(readme, tmp_path)
