@@ -76,7 +76,7 @@ def test_series_goes_on_past_failure_and_timeout(course, tmp_path):
 @pytest.mark.slow
 def test_cli_exit_codes(course, tmp_path, capsys):
     assert cli.main(["tutorial", "--notebooks", str(course), "--only", "00", "--out", str(tmp_path / "a"),
-                     "-p", "EXTRA=3"]) == 0
+                     "-p", "SEED=3"]) == 0
     assert "00_good" in capsys.readouterr().out
     assert cli.main(["tutorial", "--notebooks", str(course), "--only", "01", "--out", str(tmp_path / "b")]) == 1
     assert "FAILED 01_bad" in capsys.readouterr().err
