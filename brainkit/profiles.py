@@ -50,6 +50,14 @@ class Profile:
     data_healthy_fraction: float = 0.25  # fraction of phantom subjects without a lesion
     data_volume_shape: tuple[int, int, int] = (64, 64, 48)  # phantom grid (X, Y, Z) in RAS voxel order
     data_slice_size: int = 128  # 2D slice side in pixels
+    # Method input sizes as the papers state them, (D, H, W) = (axial slices, rows, columns);
+    # brainkit.data.transforms turns them into RAS (X, Y, Z) = (W, H, D).
+    data_gemma_volume_size: tuple[int, int, int] = (32, 64, 64)  # BrainGemma3D input; paper (64, 128, 128)
+    data_msd_volume_size: tuple[int, int, int] = (48, 64, 64)  # MedVisionLlama input; paper 128^3
+    data_msd_spacing_mm: float = 4.0  # MSD chain resampling before resizing; 0 keeps the file's; MONAI/paper 1 mm
+    data_brat_volume_size: tuple[int, int, int] = (32, 64, 64)  # brat input; paper (32, 256, 256)
+    data_brat_spacing_mm: float = 4.0  # brat resampling before resizing; paper 1 mm
+    data_cache: str = "memory"  # none | memory | disk: MONAI Dataset / CacheDataset / PersistentDataset
 
     def to_dict(self) -> dict[str, typing.Any]:
         """The profile as a plain dict (tuples kept), e.g. to record with a run's metrics."""
@@ -71,6 +79,12 @@ COLAB = replace(
     data_subjects=0,
     data_volume_shape=(128, 128, 64),
     data_slice_size=224,
+    data_gemma_volume_size=(64, 128, 128),
+    data_msd_volume_size=(96, 96, 96),
+    data_msd_spacing_mm=1.0,
+    data_brat_volume_size=(32, 256, 256),
+    data_brat_spacing_mm=1.0,
+    data_cache="disk",
 )
 
 FULL = replace(
@@ -86,6 +100,12 @@ FULL = replace(
     data_subjects=0,
     data_volume_shape=(128, 128, 128),
     data_slice_size=336,
+    data_gemma_volume_size=(64, 128, 128),
+    data_msd_volume_size=(128, 128, 128),
+    data_msd_spacing_mm=1.0,
+    data_brat_volume_size=(32, 256, 256),
+    data_brat_spacing_mm=1.0,
+    data_cache="disk",
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, COLAB, FULL)}
