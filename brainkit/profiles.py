@@ -59,6 +59,26 @@ class Profile:
     data_brat_spacing_mm: float = 4.0  # brat resampling before resizing; paper 1 mm
     data_cache: str = "memory"  # none | memory | disk: MONAI Dataset / CacheDataset / PersistentDataset
 
+    # -- BrainMRI-GPT: CLIP localiser (notebook 02) ------------------------------------------------
+    clip_source: str = "tiny:clip"  # CLIPModel: hub id / folder / tiny:clip; paper ViT-L/14(-336)
+    clip_image_size: int = 64  # CLIP input side (slices resized to it); paper 336 (or 224)
+    clip_patch_size: int = 8  # tiny:clip only (hub checkpoints carry their own); paper 14
+    clip_layers: tuple[int, ...] = (2, 4, 6, 8)  # hidden layers whose patch tokens are decoded; paper 6/12/18/24
+    clip_decoder_hidden: int = 0  # decoder Linear width; 0 = the joint (projection) dim; paper 768
+    clip_temperature: float = 100.0  # tau of softmax(tau * patch . F_t^T), CLIP's logit scale
+    clip_epochs: int = 6  # decoder training epochs; paper 3
+    clip_batch_size: int = 16  # paper 16
+    clip_lr: float = 0.01  # Adam; paper 0.01
+    clip_betas: tuple[float, float] = (0.5, 0.999)  # Adam betas; paper (0.5, 0.999)
+    clip_standin_steps: int = 200  # contrastive stand-in pretraining of tiny:clip; 0 = none (pretrained hub CLIP)
+    clip_standin_batch: int = 32  # stand-in pretraining batch (image-caption pairs)
+    clip_standin_lr: float = 0.001  # stand-in pretraining AdamW learning rate
+
+    # -- BrainMRI-GPT: LLM explanations (notebook 03) --------------------------------------------
+    llm_source: str = "offline:smollm2-135m"  # causal LM (smoke) or vision LM; paper Llama-3.2-11B-Vision-Instruct
+    llm_cases: int = 8  # test slices put to the LLM, each in the three prompt styles; 0 = all
+    llm_max_new_tokens: int = 40  # answer length cap
+
     def to_dict(self) -> dict[str, typing.Any]:
         """The profile as a plain dict (tuples kept), e.g. to record with a run's metrics."""
         return dataclasses.asdict(self)
@@ -85,6 +105,16 @@ COLAB = replace(
     data_brat_volume_size=(32, 256, 256),
     data_brat_spacing_mm=1.0,
     data_cache="disk",
+    clip_source="openai/clip-vit-large-patch14",
+    clip_image_size=224,
+    clip_patch_size=14,
+    clip_layers=(6, 12, 18, 24),
+    clip_decoder_hidden=768,
+    clip_epochs=3,
+    clip_standin_steps=0,
+    llm_source="Qwen/Qwen2-VL-2B-Instruct",
+    llm_cases=60,
+    llm_max_new_tokens=256,
 )
 
 FULL = replace(
@@ -106,6 +136,16 @@ FULL = replace(
     data_brat_volume_size=(32, 256, 256),
     data_brat_spacing_mm=1.0,
     data_cache="disk",
+    clip_source="openai/clip-vit-large-patch14-336",
+    clip_image_size=336,
+    clip_patch_size=14,
+    clip_layers=(6, 12, 18, 24),
+    clip_decoder_hidden=768,
+    clip_epochs=3,
+    clip_standin_steps=0,
+    llm_source="meta-llama/Llama-3.2-11B-Vision-Instruct",
+    llm_cases=0,
+    llm_max_new_tokens=256,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, COLAB, FULL)}
