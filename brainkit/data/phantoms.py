@@ -570,7 +570,7 @@ def _wmh(rng, warp: _Warp, grid, fields, contrast_jitter) -> str:
     deep_wm = supra & (c["surf"] > 10.0)
     pools = [np.flatnonzero(peri), np.flatnonzero(deep_wm)]
     centres, radii, rots = [], [], []
-    for i in range(count):
+    for _i in range(count):
         pool = pools[0] if (grade in ("moderate", "marked") and rng.random() < 0.5) else pools[1]
         j = int(pool[rng.integers(pool.size)])
         centres.append(c["xyz"][j])
@@ -611,7 +611,7 @@ def _vessels(rng, warp: _Warp, grid, fields, contrast_jitter) -> None:
             direction /= np.linalg.norm(direction)
             p = p + 1.5 * direction
     pts_arr = np.asarray(pts)
-    vox = np.rint((ainv[:3, :3] @ pts_arr.T + ainv[:3, 3:4])).astype(int)
+    vox = np.rint(ainv[:3, :3] @ pts_arr.T + ainv[:3, 3:4]).astype(int)
     keep = np.all((vox >= 0) & (vox < np.asarray(shape)[:, None]), axis=0)
     np.add.at(vol, tuple(vox[:, keep]), 1.0)
     vol = ndimage.gaussian_filter(vol, 0.9 / spacing * 1.2)
