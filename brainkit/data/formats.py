@@ -131,7 +131,13 @@ def _check_exists(path: Path) -> None:
 
 def _reorient_to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Reorient the first three axes of ``data`` to RAS with nibabel's orientation tools."""
-    from nibabel.orientations import apply_orientation, axcodes2ornt, inv_ornt_aff, io_orientation, ornt_transform
+    from nibabel.orientations import (
+        apply_orientation,
+        axcodes2ornt,
+        inv_ornt_aff,
+        io_orientation,
+        ornt_transform,
+    )
 
     ornt = io_orientation(affine)
     transform = ornt_transform(ornt, axcodes2ornt(("R", "A", "S")))

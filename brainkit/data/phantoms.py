@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
+from scipy.special import expit
 
 from ..errors import ConfigError
 from .anatomy import (
@@ -67,6 +68,7 @@ __all__ = [
     "control_indices",
     "lesion_plan",
     "MIDLINE_SHIFT_REPORT_MM",
+    "realism_stats",
 ]
 
 from .anatomy import lobe_map  # noqa: E402  (re-exported: part of this module's API)
@@ -353,8 +355,14 @@ def _choose_parafalcine(rng, lobe: str, hemisphere: str, radius: float):
     if not cand.size:
         return _choose_centre(rng, "meningioma", lobe, hemisphere, radius, [])
     j = int(cand[rng.integers(cand.size)])
-    inward = np.array([-1.0 if hemisphere == "left" else 1.0, 0.0, 0.0])
-    return c["xyz"][j].astype(np.float64), min(radius, 16.0), inward
+    sign = -1.0 if hemisphere == "left" else 1.0
+    inward = np.array([sign, 0.0, 0.0])
+    r = min(radius, 16.0)
+    centre = c["xyz"][j].astype(np.float64)
+    # the dural base is the falx: the flattened mass (half-thickness about 0.7 r along x) grows into
+    # its own hemisphere, so its centre sits that far off the midline (it must not straddle it)
+    centre[0] = sign * max(abs(centre[0]), 0.85 * r + 1.0)
+    return centre, r, inward
 
 
 # --------------------------------------------------------------------------------------------
@@ -444,13 +452,13 @@ def _paint_lesion(les: dict[str, Any], rng: np.random.Generator, grid: dict[str,
     wm = fields["wm"][sl]
     tissue = (fields["gm"][sl] + wm) > 0.35
     core_hard = rho < 1.0
-    s_core = 1.0 / (1.0 + np.exp(-(1.0 - rho) / tau))
+    s_core = expit((1.0 - rho) / tau)
     kind = les["kind"]
     # necrosis
     if les["necrotic"]:
         f_nec = les["necrosis_fraction"] * (1.0 + 0.12 * noise[1])
         nec_hard = rho < f_nec
-        s_nec = 1.0 / (1.0 + np.exp(-(f_nec - rho) / tau))
+        s_nec = expit((f_nec - rho) / tau)
     else:
         nec_hard = np.zeros(cshape, bool)
         s_nec = np.zeros(cshape, np.float32)
@@ -460,7 +468,7 @@ def _paint_lesion(les: dict[str, Any], rng: np.random.Generator, grid: dict[str,
         rho_oed = 1.0 + E * (0.3 + 0.9 * wm) * (1.0 + 0.3 * noise[2])
         oed_hard = (rho < rho_oed) & ~core_hard & tissue
         lin = np.clip((rho_oed - rho) / np.maximum(rho_oed - 1.0, 1e-3), 0.0, 1.0)
-        o = (0.3 + 0.7 * lin**0.8) / (1.0 + np.exp(-(rho_oed - rho) / tau))
+        o = (0.3 + 0.7 * lin**0.8) * expit((rho_oed - rho) / tau)
         o *= (1.0 - s_core) * np.clip((fields["gm"][sl] + wm) * 1.5, 0.0, 1.0)
     else:
         oed_hard = np.zeros(cshape, bool)
@@ -980,6 +988,18 @@ def _cohort_worker(args: tuple) -> Subject:
     return generate_subject(index, **kwargs)
 
 
+_POOL_LIMITS: Any = None
+
+
+def _one_thread_per_worker() -> None:
+    """Pool initializer: one BLAS/OpenMP thread per worker process (``n_jobs`` processes already
+    use the cores; nested threads oversubscribe them and run several times slower)."""
+    global _POOL_LIMITS
+    from threadpoolctl import threadpool_limits
+
+    _POOL_LIMITS = threadpool_limits(1)
+
+
 def generate_cohort(n: int, *, seed: int = 0, shape=(64, 64, 48), healthy_fraction: float = 0.25,
                     with_head: bool = False, n_jobs: int = 1, start: int = 0, **kwargs: Any) -> list[Subject]:
     """Generate subjects ``start .. start+n-1`` with exactly ``floor(n*healthy_fraction + 0.5)`` controls.
@@ -1007,5 +1027,94 @@ def generate_cohort(n: int, *, seed: int = 0, shape=(64, 64, 48), healthy_fracti
     _candidates()
     methods = mp.get_all_start_methods()
     ctx = mp.get_context("fork") if "fork" in methods else mp.get_context()
-    with ProcessPoolExecutor(max_workers=int(n_jobs), mp_context=ctx) as ex:
+    with ProcessPoolExecutor(max_workers=int(n_jobs), mp_context=ctx, initializer=_one_thread_per_worker) as ex:
         return list(ex.map(_cohort_worker, jobs, chunksize=max(1, n // (4 * int(n_jobs)))))
+
+
+# --------------------------------------------------------------------------------------------
+# realism statistics (the checks of notebook 01 and tests/test_phantoms.py)
+
+
+def realism_stats(subjects: list[Subject], *, contrast: str = "flair", z_max: float = 6.0,
+                  n_thresholds: int = 121) -> dict[str, Any]:
+    """The numbers behind BrainPhantom's realism checks, for a generated cohort.
+
+    Introduced in ``01_data_prep``.
+
+    - ``flair_threshold_dice``: the whole-tumour Dice of the **best single global threshold** on
+      the FLAIR image, z-scored within each subject's brain mask (a fair baseline: raw scanner
+      scales differ per subject). Two ways of pooling, and the larger is reported: Dice of all
+      voxels of all subjects pooled (controls' false positives count), and the mean per-subject
+      Dice over lesional subjects. If "bright on FLAIR means tumour" worked, this would be high;
+      the check wants it at most 0.6.
+    - ``volume_cm3_min`` / ``_p50`` / ``_max``: whole-tumour volumes of the lesional subjects.
+    - ``hemisphere_counts`` and ``hemisphere_balance`` (min/max of the left and right counts).
+    - ``lobe_counts`` (subjects whose lesions touch each lobe) and ``lobes_unused``.
+    - ``control_label_voxels``: label voxels in the healthy controls (must be 0).
+    - ``report_agreement``: fraction of subjects whose report, read back by
+      :func:`brainkit.data.reports.extract_findings`, gives exactly the entities of their
+      findings, per key (``laterality``, ``anatomy``, ``pathology``) and ``all``.
+    """
+    from .reports import entities_from_findings, extract_findings
+
+    if not subjects:
+        raise ConfigError("realism_stats: expected at least one subject, found none")
+    edges = np.linspace(-z_max, z_max, n_thresholds)
+    tp_hist = np.zeros(len(edges) + 1)
+    fp_hist = np.zeros(len(edges) + 1)
+    per_subject = []
+    n_gt = 0
+    for s in subjects:
+        m = s.brain_mask > 0
+        v = s.images[contrast][m].astype(np.float64)
+        z = (v - v.mean()) / (v.std() + 1e-9)
+        g = s.seg[m] > 0
+        idx = np.searchsorted(edges, z, side="left")  # z > edges[k]  <=>  idx > k
+        t = np.bincount(idx[g], minlength=len(edges) + 1).astype(float)
+        f = np.bincount(idx[~g], minlength=len(edges) + 1).astype(float)
+        tp_hist += t
+        fp_hist += f
+        if g.any():
+            # predicted positives above threshold k: sum of bins > k
+            tp_k = np.cumsum(t[::-1])[::-1][1:]
+            fp_k = np.cumsum(f[::-1])[::-1][1:]
+            per_subject.append(2 * tp_k / (tp_k + fp_k + g.sum()))
+        n_gt += int(g.sum())
+    tp = np.cumsum(tp_hist[::-1])[::-1][1:]
+    fp = np.cumsum(fp_hist[::-1])[::-1][1:]
+    pooled = 2 * tp / np.maximum(tp + fp + n_gt, 1)
+    k = int(np.argmax(pooled))
+    mean_dice = np.mean(per_subject, axis=0) if per_subject else np.zeros(len(edges))
+    km = int(np.argmax(mean_dice))
+
+    lesional = [s for s in subjects if not s.findings.get("normal", True)]
+    controls = [s for s in subjects if s.meta.get("healthy", s.findings.get("normal", False))]
+    vols = np.array([float(s.findings["volume_cm3"]) for s in lesional]) if lesional else np.zeros(1)
+    hemis = {h: sum(1 for s in lesional if s.findings.get("hemisphere") == h) for h in ("left", "right", "bilateral")}
+    lobes = {lb: sum(1 for s in lesional if lb in s.findings.get("lobes", [])) for lb in LOBES}
+    agree = {key: 0 for key in ("laterality", "anatomy", "pathology", "all")}
+    for s in subjects:
+        got, want = extract_findings(s.report), entities_from_findings(s.findings)
+        for key in ("laterality", "anatomy", "pathology"):
+            agree[key] += int(got[key] == want[key])
+        agree["all"] += int(got == want)
+    lr = (hemis["left"], hemis["right"])
+    return {
+        "n_subjects": len(subjects),
+        "n_lesional": len(lesional),
+        "n_controls": len(controls),
+        "flair_threshold_dice": round(float(max(pooled[k], mean_dice[km])), 4),
+        "flair_threshold_dice_pooled": round(float(pooled[k]), 4),
+        "flair_threshold_z_pooled": round(float(edges[k]), 3),
+        "flair_threshold_dice_mean": round(float(mean_dice[km]), 4),
+        "flair_threshold_z_mean": round(float(edges[km]), 3),
+        "volume_cm3_min": round(float(vols.min()), 2),
+        "volume_cm3_p50": round(float(np.median(vols)), 2),
+        "volume_cm3_max": round(float(vols.max()), 2),
+        "hemisphere_counts": hemis,
+        "hemisphere_balance": round(min(lr) / max(max(lr), 1), 3),
+        "lobe_counts": lobes,
+        "lobes_unused": [lb for lb, c in lobes.items() if c == 0],
+        "control_label_voxels": int(sum(int((s.seg > 0).sum()) for s in controls)),
+        "report_agreement": {key: round(v / len(subjects), 4) for key, v in agree.items()},
+    }
