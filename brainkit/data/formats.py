@@ -829,8 +829,12 @@ def _robust_top(subject: Subject, contrast: str) -> float:
     return float(np.percentile(nz, 99.5)) if nz.size else 1.0
 
 
+#: The contrast of the 2D slice sets (figshare and Kaggle are T1 contrast-enhanced).
+_SLICE_CONTRAST = "t1ce"
+
+
 def write_figshare(root: str | os.PathLike, subjects: Sequence[Subject], *, slice_size: int = 512,
-                   slices_per_subject: int = 3, contrast: str = "t1ce") -> list[dict[str, Any]]:
+                   slices_per_subject: int = 3, contrast: str = _SLICE_CONTRAST) -> list[dict[str, Any]]:
     """Write the glioma and meningioma subjects' head slices through the lesion as ``<n>.mat``.
 
     Images are T1-CE (the figshare contrast) scaled to int16 0-1000, ``tumorMask`` is the tumour
@@ -880,7 +884,7 @@ _KAGGLE_SPLITS = {"Training": "Tr", "Testing": "Te"}
 
 def write_kaggle(root: str | os.PathLike, subjects: Sequence[Subject], *, slice_size: int = 512,
                  slices_per_subject: int = 3, test_fraction: float = 0.2, seed: int = 0,
-                 contrast: str = "t1ce", quality: int = 90) -> list[dict[str, Any]]:
+                 contrast: str = _SLICE_CONTRAST, quality: int = 90) -> list[dict[str, Any]]:
     """Write head slices as the Kaggle class folders (8-bit grayscale JPEG, ``Tr-gl_0001.jpg`` ...).
 
     Glioma and meningioma subjects give slices through the lesion (the same slices as the
@@ -1133,11 +1137,19 @@ def _generate(cfg: Any, seed: int, *, with_head: bool, n_jobs: int = 1) -> list[
         raise ConfigError(f"profile {getattr(cfg, 'name', '?')!r} has data_subjects={cfg.data_subjects}: "
                           "it reads real datasets (see data_manifests/); phantoms need data_subjects > 0")
     return generate_cohort(int(cfg.data_subjects), seed=seed, shape=tuple(cfg.data_volume_shape),
-                           healthy_fraction=float(cfg.data_healthy_fraction), with_head=with_head, n_jobs=n_jobs)
+                           healthy_fraction=float(cfg.data_healthy_fraction), with_head=with_head, n_jobs=n_jobs,
+                           head_contrasts=(_SLICE_CONTRAST,) if with_head else None)
+
+
+def _jobs(cfg: Any, n_jobs: int | None) -> int:
+    """``n_jobs``, or the profile's ``data_jobs`` (capped by the CPUs there are) when ``None``."""
+    if n_jobs is not None:
+        return max(1, int(n_jobs))
+    return max(1, min(int(getattr(cfg, "data_jobs", 1)), os.cpu_count() or 1))
 
 
 def ensure_phantom(cfg: Any, data_dir: str | os.PathLike, layouts: Sequence[str] = LAYOUTS, seed: int = 0,
-                   *, n_jobs: int = 1, verify: bool = True) -> dict[str, Path]:
+                   *, n_jobs: int | None = None, verify: bool = True) -> dict[str, Path]:
     """Generate BrainPhantom once in each of ``layouts`` and reuse it afterwards.
 
     Sets live in ``<data_dir>/phantom/<key>/<layout>`` where the key names every generation
@@ -1145,8 +1157,10 @@ def ensure_phantom(cfg: Any, data_dir: str | os.PathLike, layouts: Sequence[str]
     ``data_slice_size`` and ``seed``). An existing set is reused when its manifest verifies
     (sha256 of every file); a damaged one is regenerated. All layouts come from one cohort, so
     ``BraTS20_Training_007`` and ``BRATS_007`` are the same subject. Returns
-    ``{layout: folder}``. Introduced in ``01_data_prep``; later notebooks call it.
+    ``{layout: folder}``. ``n_jobs`` processes generate the subjects (default: the profile's
+    ``data_jobs``). Introduced in ``01_data_prep``; later notebooks call it.
     """
+    n_jobs = _jobs(cfg, n_jobs)
     from .manifests import verify as verify_set
 
     for lay in layouts:

@@ -651,7 +651,8 @@ def _principal_extents(points_mm: np.ndarray, voxel_mm: float) -> list[float]:
 
 def generate_subject(index: int, *, seed: int = 0, shape=(64, 64, 48), healthy: bool | None = None,
                      with_head: bool = False, lesion_type: str | None = None, healthy_fraction: float = 0.25,
-                     margin_mm: float = 12.0, keep_maps: bool = False) -> Subject:
+                     margin_mm: float = 12.0, keep_maps: bool = False,
+                     head_contrasts: tuple[str, ...] | None = None) -> Subject:
     """Generate BrainPhantom subject ``index``; deterministic in ``(seed, index)``.
 
     Introduced in ``01_data_prep``.
@@ -660,7 +661,8 @@ def generate_subject(index: int, *, seed: int = 0, shape=(64, 64, 48), healthy: 
       with probability ``healthy_fraction`` (:func:`generate_cohort` instead fixes the count).
       The anatomy, distractors and noise of subject ``index`` are the same either way.
     - ``lesion_type``: one of :data:`LESION_TYPES` to force it (implies a lesional subject).
-    - ``with_head``: also return ``head`` volumes with skull and scalp (for 2D slice sets).
+    - ``with_head``: also return ``head`` volumes with skull and scalp (for 2D slice sets);
+      ``head_contrasts`` keeps only those contrasts of them (memory: the 2D sets use T1-CE only).
     - ``shape``: grid (X, Y, Z) in RAS voxel order over the MNI brain box plus ``margin_mm``.
     - ``keep_maps``: put the sampled tissue maps and the lobe labels into ``subject.meta``.
 
@@ -785,7 +787,7 @@ def generate_subject(index: int, *, seed: int = 0, shape=(64, 64, 48), healthy: 
         sigma = noise_level * tissue_mu[con]["wm"] * scales[con] if con != "t2" else noise_level * 0.7 * scales[con]
         img = np.sqrt((img + sigma * noise[k, 0]) ** 2 + (sigma * noise[k, 1]) ** 2).astype(np.float32)
         images[con] = np.where(brain, img, np.float32(0.0)).astype(np.float32)
-        if head is not None:
+        if head is not None and (head_contrasts is None or con in head_contrasts):
             head[con] = img
 
     # 5. findings from the generated labels
