@@ -24,8 +24,24 @@ def gates_00(m):
     assert m["resume_same_weights"] is True
 
 
+def gates_01(m):
+    # Issue 3: the data are generated and verified, the splits do not leak, the phantom is not too easy.
+    assert m["verify_all_ok"] is True and m["damaged_set_detected"] is True
+    assert m["splits_leak_free"] is True and m["label_conversion_literal_equal"] is True
+    assert m["flair_threshold_dice"] <= 0.6 and m["flair_threshold_dice"] >= 0.1
+    assert m["realism_literal_vs_package_diff"] < 1e-4
+    assert 0.3 <= m["volume_cm3_min"] and m["volume_cm3_p01"] <= 2.0  # volumes span roughly 1 ...
+    assert 100.0 <= m["volume_cm3_p99"] <= 200.0 and m["volume_cm3_max"] <= 300.0  # ... to 150 cm3
+    assert m["hemisphere_balance"] >= 0.8 and m["lobes_unused"] == 0
+    assert m["control_label_voxels"] == 0 and m["n_controls"] >= 1
+    assert m["report_agreement_all"] == 1.0 and m["report_distinct_fraction"] >= 0.95
+    # later notebooks' needs: >= 60 test subjects in the 2D slice set, >= 30 MSD test volumes
+    assert m["slice_set_test_subjects"] >= 60 and m["msd_test_volumes"] >= 30
+
+
 GATES = {
     "00": gates_00,
+    "01": gates_01,
 }
 
 

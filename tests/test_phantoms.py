@@ -54,6 +54,10 @@ def test_lesion_volumes_span_roughly_1_to_150_cm3_at_the_smoke_grid():
     small = generate_subject(sizes["small"][0], seed=0, shape=(64, 64, 48), healthy=False)
     assert 60.0 <= big.findings["volume_cm3"] <= 200.0, big.findings["volume_cm3"]
     assert 0.3 <= small.findings["volume_cm3"] <= 4.0, small.findings["volume_cm3"]
+    # a large lesion exerts mass effect and shifts the midline; a small one does not
+    assert big.findings["mass_effect"] and big.findings["midline_shift_mm"] >= phantoms.MIDLINE_SHIFT_REPORT_MM
+    assert "midline shift" in extract_findings(big.report)["pathology"], big.report
+    assert small.findings["midline_shift_mm"] < phantoms.MIDLINE_SHIFT_REPORT_MM
 
 
 def test_hemispheres_balanced(stats):

@@ -1123,10 +1123,12 @@ def load_phantom_manifest(root: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def phantom_key(cfg: Any, seed: int = 0) -> str:
-    """The cache folder name of a phantom set: every generation parameter, readable."""
+    """The cache folder name of a phantom set: the generator version and every generation parameter."""
     shape = "x".join(str(int(v)) for v in cfg.data_volume_shape)
     frac = f"{float(cfg.data_healthy_fraction):g}"
-    core = f"n{cfg.data_subjects}-{shape}-h{frac}-px{cfg.data_slice_size}-seed{seed}"
+    from .phantoms import PHANTOM_VERSION
+
+    core = f"v{PHANTOM_VERSION}-n{cfg.data_subjects}-{shape}-h{frac}-px{cfg.data_slice_size}-seed{seed}"
     return f"{core}-{zlib.crc32(core.encode()) & 0xFFFF:04x}"
 
 

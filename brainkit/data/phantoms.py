@@ -80,6 +80,10 @@ LESION_TYPES = ("glioma", "meningioma", "metastasis")
 MIDLINE_SHIFT_REPORT_MM = 2.0
 #: Peak tissue displacement (mm) from which a lesion is said to exert mass effect.
 MASS_EFFECT_MM = 3.0
+# Strength of the far-field part of the mass displacement (see _mass_displacement); must stay < 3.
+_FAR_FIELD = 2.5
+#: Generator version: part of the cache key of written sets, bumped when subjects change.
+PHANTOM_VERSION = 2
 
 _TYPE_WEIGHTS = {"glioma": 0.5, "meningioma": 0.2, "metastasis": 0.3}
 _LOBE_WEIGHTS = {
@@ -412,6 +416,14 @@ def _mass_displacement(points: np.ndarray, lesions: list[dict[str, Any]], surf: 
         vol = np.float32(les["mass_k"] * les["radius_min"] ** 3)
         src = np.cbrt(np.maximum(r**3 - vol, 0.0))
         mag = r - src
+        # far field: the lesion with its oedema (radius about R (1 + 0.75 E)) inserts a volume V
+        # ~ k (4 pi / 3) R_tot^3, which pushes incompressible tissue by V / (4 pi r^2) far away; the
+        # closed skull pushes more towards the falx, hence the factor _FAR_FIELD. Smoothed to
+        # F (k / 3) R_tot^3 r / (r^2 + R_tot^2)^(3/2): slope F k / 3 < 1 at the centre, so the map
+        # stays one-to-one. Only large lesions shift the midline by millimetres.
+        big = np.float32(les["radius"] * (1.0 + 0.75 * max(float(les["oedema_extent"]), 0.0)))
+        far = np.float32(_FAR_FIELD * les["mass_k"] / 3.0) * big**3 * r / (r * r + big * big) ** 1.5
+        mag = mag + far
         if surf is not None:
             w = np.maximum(np.clip(surf / 15.0, 0.0, 1.0), np.exp(-((r / (2.0 * les["radius"])) ** 2)))
             mag = mag * w
@@ -795,7 +807,7 @@ def generate_subject(index: int, *, seed: int = 0, shape=(64, 64, 48), healthy: 
     report = write_report(findings, np.random.default_rng(s_rep))
     meta: dict[str, Any] = {
         "generator": "brainkit.data.phantoms",
-        "version": 1,
+        "version": PHANTOM_VERSION,
         "seed": int(seed),
         "index": int(index),
         "spacing_mm": [round(float(s), 4) for s in spacing],
@@ -1049,7 +1061,8 @@ def realism_stats(subjects: list[Subject], *, contrast: str = "flair", z_max: fl
       voxels of all subjects pooled (controls' false positives count), and the mean per-subject
       Dice over lesional subjects. If "bright on FLAIR means tumour" worked, this would be high;
       the check wants it at most 0.6.
-    - ``volume_cm3_min`` / ``_p50`` / ``_max``: whole-tumour volumes of the lesional subjects.
+    - ``volume_cm3_min`` / ``_p01`` / ``_p50`` / ``_p99`` / ``_max``: whole-tumour volumes (oedema
+      included) of the lesional subjects.
     - ``hemisphere_counts`` and ``hemisphere_balance`` (min/max of the left and right counts).
     - ``lobe_counts`` (subjects whose lesions touch each lobe) and ``lobes_unused``.
     - ``control_label_voxels``: label voxels in the healthy controls (must be 0).
@@ -1111,7 +1124,9 @@ def realism_stats(subjects: list[Subject], *, contrast: str = "flair", z_max: fl
         "flair_threshold_dice_mean": round(float(mean_dice[km]), 4),
         "flair_threshold_z_mean": round(float(edges[km]), 3),
         "volume_cm3_min": round(float(vols.min()), 2),
+        "volume_cm3_p01": round(float(np.percentile(vols, 1)), 2),
         "volume_cm3_p50": round(float(np.median(vols)), 2),
+        "volume_cm3_p99": round(float(np.percentile(vols, 99)), 2),
         "volume_cm3_max": round(float(vols.max()), 2),
         "hemisphere_counts": hemis,
         "hemisphere_balance": round(min(lr) / max(max(lr), 1), 3),
