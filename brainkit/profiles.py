@@ -80,6 +80,48 @@ class Profile:
     llm_cases: int = 8  # test slices put to the LLM, each in the three prompt styles; 0 = all
     llm_max_new_tokens: int = 40  # answer length cap
 
+    # -- BrainGemma3D: inflation, report training and evaluation (notebooks 04-06) ---------------
+    gemma_subjects: int = 300  # phantom subjects (70/10/20 split: >= 60 test subjects); real data: all
+    gemma_vision_source: str = "tiny:siglip"  # 2D vision tower to inflate; paper google/medsiglip-448
+    gemma_standin_steps: int = 400  # supervised 2D pretraining of tiny:siglip on phantom slices; 0 = none (hub)
+    gemma_standin_batch: int = 64  # slices per stand-in pretraining step
+    gemma_standin_lr: float = 0.002  # stand-in pretraining AdamW learning rate
+    gemma_depth_kernel: int = 4  # Conv3d depth kernel of the inflated patch embedding; card/code 2
+    gemma_depth_stride: int = 4  # depth stride; released code 1 (overlapping slabs)
+    gemma_init: str = "centre"  # centre (card) | mean (released code, I3D)
+    gemma_pos: str = "interpolate"  # interpolate (pretrained 2D grid + depth) | fixed (released code)
+    gemma_probe_steps: int = 160  # 3D fine-tune steps of the laterality probe (notebook 04)
+    gemma_probe_batch: int = 16  # volumes per probe step
+    gemma_probe_lr: float = 0.0005  # probe fine-tune AdamW learning rate
+
+    # -- brat: multi-view pretraining, retrieval, downstream (notebooks 08-09) --------------------
+    brat_volume_size: tuple[int, int, int] | None = (16, 32, 32)  # brat input (D, H, W); None = data_brat_volume_size; paper (32, 256, 256)
+    brat_backbone: str = "densenet-tiny"  # densenet121 (MONAI DenseNet121) | densenet-tiny (same class, small); paper densenet121
+    brat_feature_stage: str = "denseblock2"  # last DenseNet.features stage kept (8x: 32 tokens at 32x32x16); paper all (norm5, 32x)
+    brat_bert: str = "offline:minilm-l6"  # BERT of the Q-Former and the text encoder; paper BiomedBERT
+    brat_qformer_layers: int = 2  # first n BERT layers in the Q-Former (0 = all); paper 12
+    brat_num_queries: int = 16  # learnable queries N_Q; paper 32
+    brat_embed_dim: int = 128  # joint space; paper 256 (BLIP-2)
+    brat_train_text: bool = False  # fine-tune the text BERT (False: frozen, outputs cached); paper True
+    brat_max_text_tokens: int = 128  # report tokens; paper 256
+    brat_max_sentences: int = 20  # paper 20
+    brat_itg_max_tokens: int = 32  # report tokens predicted by the ITG loss; paper all
+    brat_batch_size: int = 16  # image-report pairs per step; paper 32 (25-32)
+    brat_steps: int = 120  # pretraining steps of each configuration (brat and every ablation); paper ~epochs over 75k pairs
+    brat_lr_backbone: float = 0.001  # AdamW lr of the DenseNet and new layers; paper 5e-4
+    brat_lr_bert: float = 0.0002  # AdamW lr of the BERT-initialised Q-Former; paper 5e-5
+    brat_dpp_weight: float = 0.05  # weight of -log det(L + eps I); paper 1
+    brat_dpp_eps: float = 0.01  # eps of the DPP loss; paper "small" (1e-4 swamps InfoNCE at start, NOTES.md)
+    brat_dpp_normalize: bool = True  # divide the DPP loss by N_Q
+    brat_dpp_warmup_steps: int = 30  # linear ramp of the DPP weight; paper none
+    brat_itg_weight: float = 1.0  # weight of the ITG loss; paper 1
+    brat_cls_steps: int = 60  # downstream classification fine-tune steps per run (notebook 09)
+    brat_cls_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)  # label fractions; paper 1/10/100 %
+    brat_bootstrap: int = 1000  # bootstrap resamples of the test set for confidence intervals
+    brat_gen_steps: int = 150  # report-generation (MLP bridge + small causal LM) training steps (notebook 09)
+    brat_gen_lm_layers: int = 2  # layers of the small causal LM trained on the reports in smoke; 0 = load brat_gen_lm
+    brat_gen_lm: str = "meta-llama/Llama-3.2-1B"  # causal LM of colab/full (paper Llama-3.2-1B)
+
     def to_dict(self) -> dict[str, typing.Any]:
         """The profile as a plain dict (tuples kept), e.g. to record with a run's metrics."""
         return dataclasses.asdict(self)
@@ -116,6 +158,35 @@ COLAB = replace(
     llm_source="Qwen/Qwen2-VL-2B-Instruct",
     llm_cases=60,
     llm_max_new_tokens=256,
+    gemma_subjects=0,
+    gemma_vision_source="google/medsiglip-448",
+    gemma_standin_steps=0,
+    gemma_depth_kernel=2,
+    gemma_depth_stride=2,
+    gemma_probe_steps=600,
+    gemma_probe_batch=4,
+    gemma_probe_lr=0.0001,
+    brat_volume_size=None,
+    brat_backbone="densenet121",
+    brat_feature_stage="norm5",
+    brat_bert="microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext",
+    brat_qformer_layers=0,
+    brat_num_queries=32,
+    brat_embed_dim=256,
+    brat_train_text=True,
+    brat_max_text_tokens=256,
+    brat_itg_max_tokens=256,
+    brat_batch_size=8,
+    brat_steps=3000,
+    brat_lr_backbone=0.0005,
+    brat_lr_bert=0.00005,
+    brat_dpp_weight=1.0,
+    brat_dpp_eps=0.0001,
+    brat_dpp_normalize=False,
+    brat_dpp_warmup_steps=1000,
+    brat_cls_steps=500,
+    brat_gen_steps=2000,
+    brat_gen_lm_layers=0,
 )
 
 FULL = replace(
@@ -147,6 +218,35 @@ FULL = replace(
     llm_source="meta-llama/Llama-3.2-11B-Vision-Instruct",
     llm_cases=0,
     llm_max_new_tokens=256,
+    gemma_subjects=0,
+    gemma_vision_source="google/medsiglip-448",
+    gemma_standin_steps=0,
+    gemma_depth_kernel=2,
+    gemma_depth_stride=1,
+    gemma_probe_steps=2000,
+    gemma_probe_batch=8,
+    gemma_probe_lr=0.0001,
+    brat_volume_size=None,
+    brat_backbone="densenet121",
+    brat_feature_stage="norm5",
+    brat_bert="microsoft/BiomedNLP-BiomedBERT-base-uncased-abstract-fulltext",
+    brat_qformer_layers=0,
+    brat_num_queries=32,
+    brat_embed_dim=256,
+    brat_train_text=True,
+    brat_max_text_tokens=256,
+    brat_itg_max_tokens=256,
+    brat_batch_size=32,
+    brat_steps=30000,
+    brat_lr_backbone=0.0005,
+    brat_lr_bert=0.00005,
+    brat_dpp_weight=1.0,
+    brat_dpp_eps=0.0001,
+    brat_dpp_normalize=False,
+    brat_dpp_warmup_steps=1000,
+    brat_cls_steps=3000,
+    brat_gen_steps=20000,
+    brat_gen_lm_layers=0,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, COLAB, FULL)}
