@@ -81,7 +81,7 @@ class Profile:
     llm_max_new_tokens: int = 40  # answer length cap
 
     # -- BrainGemma3D: inflation, report training and evaluation (notebooks 04-06) ---------------
-    gemma_subjects: int = 300  # phantom subjects (70/10/20 split: >= 60 test subjects); real data: all
+    gemma_subjects: int = 0  # phantom subjects; 0 = data_subjects (the set other notebooks share; 70/10/20 split: >= 60 test at >= 300)
     gemma_vision_source: str = "tiny:siglip"  # 2D vision tower to inflate; paper google/medsiglip-448
     gemma_standin_steps: int = 400  # supervised 2D pretraining of tiny:siglip on phantom slices; 0 = none (hub)
     gemma_standin_batch: int = 64  # slices per stand-in pretraining step

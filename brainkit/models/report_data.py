@@ -66,14 +66,15 @@ def load_cohort(cfg: Any, data_dir: str | os.PathLike, cache_dir: str | os.PathL
 
     Each record: ``case_id``, ``index`` (row in ``volumes``), ``report``, ``laterality``
     (``none|left|right``), ``healthy``. ``volumes``: ``(N, 1, D, H, W)`` float32; ``labels``:
-    ``(N, 1, D, H, W)`` uint8 BraTS labels on the same grid. ``cfg.gemma_subjects`` phantom subjects in
-    smoke; real data under ``data_dir`` otherwise (BraTS 2020 + TextBraTS folders).
+    ``(N, 1, D, H, W)`` uint8 BraTS labels on the same grid. In smoke, ``cfg.gemma_subjects`` phantom
+    subjects (0: ``cfg.data_subjects``, the phantom set the other notebooks use); real data under
+    ``data_dir`` otherwise (BraTS 2020 + TextBraTS folders).
     """
     from ..data import formats, manifests, transforms
     from ..profiles import resolve
 
     if cfg.data_source == "phantom":
-        data_cfg = resolve(cfg, data_subjects=int(cfg.gemma_subjects))
+        data_cfg = resolve(cfg, data_subjects=int(cfg.gemma_subjects)) if int(cfg.gemma_subjects) > 0 else cfg
         key = formats.phantom_key(data_cfg, seed)
     else:
         brats_root = Path(data_dir) / "brats2020"
