@@ -102,9 +102,19 @@ def test_labels_masks_and_findings(cohort):
             assert f["lesion_count"] == len(f["lesions"]) >= 1
             assert f["hemisphere"] in ("left", "right", "bilateral")
             assert set(f["lobes"]) <= set(LOBES) and f["lobes"]
-            assert f["largest_diameter_cm"] > 0
+            assert 0 < f["largest_diameter_cm"] <= 9.0, f["largest_diameter_cm"]  # no far-flung core islands
             assert f["enhancement"] == bool((s.seg == 4).any())
             assert f["oedema"] == bool((s.seg == 2).any())
+
+
+def test_each_lesion_core_is_one_piece(cohort):
+    from scipy import ndimage
+
+    for s in cohort:
+        if s.findings["normal"]:
+            continue
+        _, n = ndimage.label((s.seg == 1) | (s.seg == 4))
+        assert n <= s.findings["lesion_count"], (s.subject_id, n)
 
 
 def test_laterality_of_labels_matches_findings(cohort):

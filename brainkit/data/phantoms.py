@@ -83,7 +83,7 @@ MASS_EFFECT_MM = 3.0
 # Strength of the far-field part of the mass displacement (see _mass_displacement); must stay < 3.
 _FAR_FIELD = 2.5
 #: Generator version: part of the cache key of written sets, bumped when subjects change.
-PHANTOM_VERSION = 2
+PHANTOM_VERSION = 3
 
 _TYPE_WEIGHTS = {"glioma": 0.5, "meningioma": 0.2, "metastasis": 0.3}
 _LOBE_WEIGHTS = {
@@ -465,6 +465,13 @@ def _paint_lesion(les: dict[str, Any], rng: np.random.Generator, grid: dict[str,
     tissue = (fields["gm"][sl] + wm) > 0.35
     core_hard = rho < 1.0
     s_core = expit((1.0 - rho) / tau)
+    # the boundary noise can pinch off islands of "core" far from the lesion (up to several radii
+    # away, which made 16 cm diameters): keep the largest connected piece, in labels and image alike
+    pieces, n_pieces = ndimage.label(core_hard)
+    if n_pieces > 1:
+        main = pieces == (1 + int(np.argmax(np.bincount(pieces.ravel())[1:])))
+        core_hard = main
+        s_core = s_core * ndimage.binary_dilation(main, iterations=1)
     kind = les["kind"]
     # necrosis
     if les["necrotic"]:
