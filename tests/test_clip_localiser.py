@@ -235,3 +235,49 @@ def test_hub_backbone_image_size_must_match(tmp_path, backbone):
     clip.save_pretrained(tmp_path / "c")
     with pytest.raises(ConfigError, match="image_size"):
         cl.load_clip(str(tmp_path / "c"), image_size=SIZE * 2)
+
+
+def test_cached_features_give_the_same_maps(model):
+    x, m, y = blobs(3)
+    feats = model.encode(x, batch_size=2)
+    assert feats["tokens"].shape == (3, len(model.layers), model.grid ** 2, model.clip.config.vision_config.hidden_size)
+    with torch.no_grad():
+        a, b = model(x), model(tokens=feats["tokens"], f_c=feats["f_c"])
+        za, zb = model.zero_shot(x), model.zero_shot(tokens=feats["tokens"], f_c=feats["f_c"])
+    assert torch.allclose(a.logits, b.logits, atol=1e-5) and torch.allclose(a.score_cls, b.score_cls, atol=1e-6)
+    assert torch.allclose(za.anomaly_map, zb.anomaly_map, atol=1e-6)
+    ds = cl.FeatureSet(feats, m, y)
+    loss, _ = cl.make_loss_fn()(model, torch.utils.data.default_collate([ds[i] for i in range(3)]))
+    assert torch.isfinite(loss)
+
+
+def test_bad_cached_features(model):
+    x, m, _ = blobs(2)
+    feats = model.encode(x)
+    with pytest.raises(DataError, match="tokens.shape"):
+        model(tokens=feats["tokens"][:, :2], f_c=feats["f_c"])
+    with pytest.raises(DataError, match="f_c.shape"):
+        model(tokens=feats["tokens"], f_c=None)
+    with pytest.raises(ConfigError):
+        model()
+    with pytest.raises(DataError, match="one feature row"):
+        cl.FeatureSet(feats, m[:1])
+
+
+def test_train_decoders_selects_on_validation(backbone, tmp_path):
+    from torch.utils.data import DataLoader
+
+    clip, tok = backbone
+    torch.manual_seed(0)
+    model = cl.CLIPLocaliser(clip, cl.text_features(clip, tok))
+    sets = {}
+    for name, (n, seed) in {"train": (64, 1), "val": (24, 2)}.items():
+        x, m, y = blobs(n, seed=seed)
+        sets[name] = cl.FeatureSet(model.encode(x), m, y)
+    res = cl.train_decoders(model, DataLoader(sets["train"], batch_size=16, shuffle=True),
+                            DataLoader(sets["val"], batch_size=24), epochs=3, out_dir=tmp_path, cpu=True)
+    aucs = [e["val_pixel_auroc"] for e in res.history["epochs"]]
+    assert res.best_metric == max(aucs) and res.best_epoch == aucs.index(max(aucs)) + 1
+    assert "val_loss" in res.history["epochs"][0]
+    pred = cl.predict(model, DataLoader(sets["val"], batch_size=24))
+    assert pixel_auroc(pred["maps"], pred["masks"]) == pytest.approx(res.best_metric, abs=1e-6)

@@ -44,7 +44,8 @@ from .factory import parse_source, spread_layers
 __all__ = [
     "NORMAL_STATES", "ABNORMAL_STATES", "PROMPT_TEMPLATES", "prompt_ensemble", "encode_prompts",
     "text_features", "PatchDecoder", "LocaliserOutput", "CLIPLocaliser", "LocalisationLoss", "make_loss_fn",
-    "check_masks", "predict", "pretrain_contrastive", "standin_clip", "load_clip",
+    "check_masks", "predict", "pretrain_contrastive", "standin_clip", "load_clip", "FeatureSet",
+    "evaluate_pixel_auroc", "train_decoders",
 ]
 
 log = logging.getLogger(__name__)
@@ -212,18 +213,51 @@ class CLIPLocaliser(nn.Module):
         return (images - self.pixel_mean) / self.pixel_std
 
     @torch.no_grad()
+    def encode(self, images: torch.Tensor, batch_size: int = 64) -> dict[str, torch.Tensor]:
+        """The frozen part, computed once: ``tokens`` ``(B, L, N, D)``, the raw hidden states of the
+        selected layers (CLS dropped), and ``f_c`` ``(B, C)``, the projected, normalised CLS embedding.
+
+        CLIP never changes, so a notebook encodes every slice once and trains the decoders on these
+        features (``model(tokens=..., f_c=...)`` gives the same maps as ``model(images)``)."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size: expected a positive int, found {batch_size!r}")
+        images = self.prepare(images)  # checks the whole set once
+        toks, fcs = [], []
+        for i in range(0, images.shape[0], batch_size):
+            out = self.clip.vision_model(pixel_values=images[i:i + batch_size], output_hidden_states=True)
+            toks.append(torch.stack([out.hidden_states[layer][:, 1:, :] for layer in self.layers], 1))
+            fcs.append(F.normalize(self.clip.visual_projection(out.pooler_output), dim=-1))
+        return {"tokens": torch.cat(toks), "f_c": torch.cat(fcs)}
+
+    def _check_features(self, tokens: torch.Tensor, f_c: torch.Tensor | None) -> None:
+        vcfg = self.clip.config.vision_config
+        want = (len(self.layers), self.grid * self.grid, int(vcfg.hidden_size))
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 4 or tuple(tokens.shape[1:]) != want:
+            raise DataError(None, "tokens.shape", f"(B, {want[0]}, {want[1]}, {want[2]}) from CLIPLocaliser.encode "
+                            f"with these layers", tuple(getattr(tokens, "shape", ())))
+        if f_c is None or tuple(f_c.shape) != (tokens.shape[0], self.text_feats.shape[1]):
+            raise DataError(None, "f_c.shape", f"({tokens.shape[0]}, {self.text_feats.shape[1]})",
+                            None if f_c is None else tuple(f_c.shape))
+
+    def _features(self, images: torch.Tensor | None, tokens: torch.Tensor | None,
+                  f_c: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if tokens is None:
+            if images is None:
+                raise ConfigError("pass images, or tokens and f_c from CLIPLocaliser.encode")
+            return tuple(self.encode(images, batch_size=max(1, images.shape[0])).values())  # type: ignore[return-value]
+        self._check_features(tokens, f_c)
+        dev = self.text_feats.device
+        return tokens.to(dev, torch.float32), f_c.to(dev, torch.float32)  # type: ignore[union-attr]
+
     def clip_features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """The frozen part: per selected layer the patch tokens ``(B, N, D)`` (CLS dropped, optionally
+        """Per selected layer the patch tokens ``(B, N, D)`` the decoders see (CLS dropped, optionally
         post-layernormed), and the projected, normalised CLS embedding ``F_c`` ``(B, C)``."""
-        pixel_values = self.prepare(images)
-        out = self.clip.vision_model(pixel_values=pixel_values, output_hidden_states=True)
+        tokens, f_c = self._features(images, None, None)
+        return self._decoder_inputs(tokens), f_c
+
+    def _decoder_inputs(self, tokens: torch.Tensor) -> list[torch.Tensor]:
         vm = self.clip.vision_model
-        patches = []
-        for layer in self.layers:
-            z = out.hidden_states[layer][:, 1:, :]
-            patches.append(vm.post_layernorm(z) if self.patch_norm else z)
-        f_c = F.normalize(self.clip.visual_projection(out.pooler_output), dim=-1)
-        return patches, f_c
+        return [vm.post_layernorm(tokens[:, i]) if self.patch_norm else tokens[:, i] for i in range(tokens.shape[1])]
 
     def _maps(self, tokens: list[torch.Tensor], project: list[nn.Module]) -> torch.Tensor:
         b = tokens[0].shape[0]
@@ -244,30 +278,33 @@ class CLIPLocaliser(nn.Module):
         return LocaliserOutput(logits=logits, layer_maps=layer_maps, anomaly_map=anomaly, score_cls=cls,
                                score_max=anomaly.flatten(1).amax(1))
 
-    def forward(self, images: torch.Tensor) -> LocaliserOutput:
-        """Maps and scores of the trained decoders (see :class:`LocaliserOutput`)."""
-        tokens, f_c = self.clip_features(images)
-        return self._output(self._maps(tokens, list(self.decoders)), f_c)
+    def forward(self, images: torch.Tensor | None = None, *, tokens: torch.Tensor | None = None,
+                f_c: torch.Tensor | None = None) -> LocaliserOutput:
+        """Maps and scores of the trained decoders (see :class:`LocaliserOutput`), from ``images`` or
+        from features that :meth:`encode` computed before (``tokens``, ``f_c``)."""
+        tokens, f_c = self._features(images, tokens, f_c)
+        return self._output(self._maps(self._decoder_inputs(tokens), list(self.decoders)), f_c)
 
     @torch.no_grad()
-    def zero_shot(self, images: torch.Tensor) -> LocaliserOutput:
+    def zero_shot(self, images: torch.Tensor | None = None, *, tokens: torch.Tensor | None = None,
+                  f_c: torch.Tensor | None = None) -> LocaliserOutput:
         """The baseline without decoders: every layer's patch tokens go through CLIP's own
         ``post_layernorm`` and ``visual_projection`` (raw CLIP similarity), nothing trained."""
-        pixel_values = self.prepare(images)
-        out = self.clip.vision_model(pixel_values=pixel_values, output_hidden_states=True)
+        tokens, f_c = self._features(images, tokens, f_c)
         vm = self.clip.vision_model
-        tokens = [vm.post_layernorm(out.hidden_states[layer][:, 1:, :]) for layer in self.layers]
-        f_c = F.normalize(self.clip.visual_projection(out.pooler_output), dim=-1)
-        proj = [self.clip.visual_projection] * len(tokens)
-        return self._output(self._maps(tokens, proj), f_c)
+        layer_tokens = [vm.post_layernorm(tokens[:, i]) for i in range(tokens.shape[1])]
+        proj = [self.clip.visual_projection] * len(layer_tokens)
+        return self._output(self._maps(layer_tokens, proj), f_c)
 
 
 # --------------------------------------------------------------------------------------------
 # loss
 # --------------------------------------------------------------------------------------------
-def check_masks(masks: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """``masks`` as a float ``(B, 1, H, W)`` tensor of 0/1 matching ``images`` ``(B, C, H, W)``;
-    a shape or value mismatch raises :class:`DataError`."""
+def check_masks(masks: torch.Tensor, images: torch.Tensor | tuple[int, ...]) -> torch.Tensor:
+    """``masks`` as a float ``(B, 1, H, W)`` tensor of 0/1 matching ``images`` ``(B, C, H, W)`` (a tensor
+    or its shape); a shape or value mismatch raises :class:`DataError`."""
+    if not isinstance(images, torch.Tensor):
+        images = torch.empty(tuple(images), device="meta")
     if not isinstance(masks, torch.Tensor):
         raise DataError(None, "masks", "a torch.Tensor (B, H, W)", type(masks).__name__)
     if masks.ndim == 3:
@@ -308,15 +345,26 @@ class LocalisationLoss(nn.Module):
         return sum(self.loss(logits[:, i:i + 1], masks) for i in range(logits.shape[1]))
 
 
+def _run(model: CLIPLocaliser, batch: dict, image_key: str = "image", zero_shot: bool = False):
+    """The model's output on a batch of images (``image_key``) or of cached features (``tokens``,
+    ``f_c``), and the image shape ``(B, 1, S, S)`` the masks must match."""
+    fn = model.zero_shot if zero_shot else model
+    if "tokens" in batch:
+        out = fn(tokens=batch["tokens"], f_c=batch.get("f_c"))
+        return out, (out.logits.shape[0], 1, *out.logits.shape[-2:])
+    images = batch[image_key]
+    return fn(images.to(model.text_feats.device)), images
+
+
 def make_loss_fn(loss: LocalisationLoss | None = None, image_key: str = "image", mask_key: str = "mask"):
     """``loss_fn(model, batch)`` for :func:`brainkit.train.fit`: batches are dicts with an
-    ``image`` ``(B, 1|3, S, S)`` and a ``mask`` ``(B, S, S)``."""
+    ``image`` ``(B, 1|3, S, S)`` (or the cached ``tokens`` and ``f_c`` of :meth:`CLIPLocaliser.encode`)
+    and a ``mask`` ``(B, S, S)``."""
     loss = LocalisationLoss() if loss is None else loss
 
     def loss_fn(model: CLIPLocaliser, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
-        images = batch[image_key]
-        masks = check_masks(batch[mask_key], images).to(images.device)
-        out = model(images)
+        out, ref = _run(model, batch, image_key)
+        masks = check_masks(batch[mask_key], ref).to(out.logits.device)
         value = loss(out.logits, masks)
         return value, {"dice_focal": float(value.detach())}
 
@@ -331,16 +379,14 @@ def predict(model: CLIPLocaliser, loader, *, zero_shot: bool = False, image_key:
     the batch, else from whether the mask has any tumour pixel)."""
     was_training = model.training
     model.eval()
-    device = model.text_feats.device
     keep: dict[str, list[torch.Tensor]] = {k: [] for k in ("maps", "masks", "score_cls", "score_max", "labels")}
     for batch in loader:
-        images = batch[image_key].to(device)
-        out = model.zero_shot(images) if zero_shot else model(images)
+        out, ref = _run(model, batch, image_key, zero_shot=zero_shot)
         keep["maps"].append(out.anomaly_map.float().cpu())
         keep["score_cls"].append(out.score_cls.float().cpu())
         keep["score_max"].append(out.score_max.float().cpu())
         if mask_key in batch:
-            m = check_masks(batch[mask_key], images)[:, 0].cpu()
+            m = check_masks(batch[mask_key], ref)[:, 0].cpu()
             keep["masks"].append(m)
         if label_key in batch:
             keep["labels"].append(torch.as_tensor(batch[label_key]).long().cpu())
@@ -348,6 +394,65 @@ def predict(model: CLIPLocaliser, loader, *, zero_shot: bool = False, image_key:
             keep["labels"].append((keep["masks"][-1].flatten(1).amax(1) > 0).long())
     model.train(was_training)
     return {k: torch.cat(v) for k, v in keep.items() if v}
+
+
+class FeatureSet(torch.utils.data.Dataset):
+    """Cached CLIP features with their masks and labels, one dict per slice (``tokens``, ``f_c``,
+    ``mask``, ``label``): what the decoders train on once :meth:`CLIPLocaliser.encode` has run."""
+
+    def __init__(self, features: dict[str, torch.Tensor], masks: torch.Tensor, labels: torch.Tensor | None = None):
+        n = features["tokens"].shape[0]
+        if features["f_c"].shape[0] != n or masks.shape[0] != n:
+            raise DataError(None, "features/masks", "one feature row and one mask per slice",
+                            f"{n} tokens, {features['f_c'].shape[0]} f_c, {masks.shape[0]} masks")
+        self.tokens, self.f_c = features["tokens"], features["f_c"]
+        self.masks = masks.float()
+        self.labels = (self.masks.flatten(1).amax(1) > 0).long() if labels is None else torch.as_tensor(labels).long()
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"tokens": self.tokens[i], "f_c": self.f_c[i], "mask": self.masks[i], "label": self.labels[i]}
+
+
+def evaluate_pixel_auroc(loss_fn=None):
+    """An ``evaluate(model, val_loader)`` for :func:`brainkit.train.fit`: validation pixel AUROC of the
+    anomaly map (the monitored metric, ``val_pixel_auroc``) and, with ``loss_fn``, the validation loss."""
+    from ..metrics.localisation import pixel_auroc
+
+    def evaluate(model: CLIPLocaliser, loader) -> dict[str, float]:
+        pred = predict(model, loader)
+        out = {"val_pixel_auroc": pixel_auroc(pred["maps"], pred["masks"])}
+        if loss_fn is not None:
+            total, n = 0.0, 0
+            for batch in loader:
+                value, _ = loss_fn(model, batch)
+                k = int(batch["mask"].shape[0])
+                total, n = total + float(value) * k, n + k
+            out["val_loss"] = total / max(n, 1)
+        return out
+
+    return evaluate
+
+
+def train_decoders(model: CLIPLocaliser, train_loader, val_loader, *, epochs: int, lr: float = 0.01,
+                   betas: Sequence[float] = (0.5, 0.999), out_dir: str | os.PathLike | None = None,
+                   seed: int = 0, callbacks: Sequence[Any] = (), log_every: int = 10, resume: bool = False,
+                   cpu: bool | None = None, loss: LocalisationLoss | None = None, desc: str = "decoders"):
+    """Train the decoders (CLIP frozen) with Σ_l Focal + Dice through :func:`brainkit.train.fit`:
+    Adam (the seed's lr 0.01, betas 0.5/0.999), the checkpoint chosen on **validation** pixel AUROC
+    and restored at the end. Returns the :class:`~brainkit.train.FitResult`."""
+    from ..train import fit
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ConfigError("model: no trainable parameters (the decoders are frozen?)")
+    loss_fn = make_loss_fn(loss)
+    opt = torch.optim.Adam(params, lr=lr, betas=tuple(betas))
+    return fit(model, train_loader, loss_fn=loss_fn, optimizer=opt, epochs=epochs, val_loader=val_loader,
+               evaluate=evaluate_pixel_auroc(loss_fn), monitor="val_pixel_auroc", mode="max", out_dir=out_dir,
+               resume=resume, seed=seed, callbacks=callbacks, log_every=log_every, cpu=cpu, desc=desc)
 
 
 # --------------------------------------------------------------------------------------------
