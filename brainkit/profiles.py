@@ -122,6 +122,32 @@ class Profile:
     brat_gen_lm_layers: int = 2  # layers of the small causal LM trained on the reports in smoke; 0 = load brat_gen_lm
     brat_gen_lm: str = "meta-llama/Llama-3.2-1B"  # causal LM of colab/full (paper Llama-3.2-1B)
 
+    # -- MedVisionLlama: 3D segmentation with a frozen LLM layer (notebook 07) ---------------------
+    mvl_subjects: int = 160  # MSD cases used (70/10/20 split by case: >= 30 test volumes); 0 = all
+    mvl_llm_source: str = "tiny:llama"  # causal LM whose layer is frozen in; paper meta-llama/Llama-3.1-8B
+    mvl_llm_layer: int = -1  # index of that decoder layer; released code: the last
+    mvl_llm_position: str = "after"  # after the ViT encoder (README) | before it (released code)
+    mvl_mapper: str = "lora"  # lora (released: frozen random Linear + rank-r LoRA) | linear (trainable)
+    mvl_lora_rank: int = 4  # released 4
+    mvl_bert_source: str = "tiny:bert"  # layer of the BERT-family variant; paper BioBERT / ClinicalBERT / BioGPT
+    mvl_patch_size: tuple[int, int, int] = (8, 8, 8)  # ViT patch (D, H, W); paper 8^3
+    mvl_roi_size: tuple[int, int, int] | None = None  # training patch (D, H, W), sliding window beyond it; None = the volume
+    mvl_hidden_size: int = 96  # ViT width
+    mvl_mlp_dim: int = 192  # ViT MLP width
+    mvl_layers: int = 4  # ViT encoder blocks
+    mvl_heads: int = 4  # attention heads
+    mvl_decoder: str = "conv"  # conv (upsampling decoder on the token grid) | linear (released fold-back head)
+    mvl_decoder_channels: tuple[int, ...] = (32, 16)  # conv decoder: channels of its x2 upsampling stages
+    mvl_loss: str = "dicefocal"  # dicefocal | dicece (MONAI, soft Dice)
+    mvl_lr: float = 0.002  # AdamW peak learning rate (one-cycle); paper 2e-3
+    mvl_batch_size: int = 4  # paper 4
+    mvl_steps: int = 150  # optimiser steps per training run; paper 100 epochs
+    mvl_eval_every: int = 50  # steps between validations (the checkpoint is chosen on validation Dice)
+    mvl_seeds: int = 3  # seeds of the MedVisionLlama vs ViT comparison
+    mvl_fractions: tuple[float, ...] = (0.1, 0.3)  # training-set fractions run besides the full set; paper 10 / 30 %
+    mvl_nsd_tolerance_mm: float = 2.0  # NSD (surface Dice) tolerance; the README does not state one
+    mvl_sw_overlap: float = 0.5  # sliding-window overlap at inference
+
     def to_dict(self) -> dict[str, typing.Any]:
         """The profile as a plain dict (tuples kept), e.g. to record with a run's metrics."""
         return dataclasses.asdict(self)
@@ -187,6 +213,15 @@ COLAB = replace(
     brat_cls_steps=500,
     brat_gen_steps=2000,
     brat_gen_lm_layers=0,
+    mvl_subjects=0,
+    mvl_llm_source="meta-llama/Llama-3.2-1B",
+    mvl_bert_source="dmis-lab/biobert-v1.1",
+    mvl_hidden_size=384,
+    mvl_mlp_dim=1536,
+    mvl_layers=8,
+    mvl_heads=8,
+    mvl_steps=3000,
+    mvl_eval_every=250,
 )
 
 FULL = replace(
@@ -247,6 +282,17 @@ FULL = replace(
     brat_cls_steps=3000,
     brat_gen_steps=20000,
     brat_gen_lm_layers=0,
+    mvl_subjects=0,
+    mvl_llm_source="meta-llama/Llama-3.1-8B",
+    mvl_bert_source="dmis-lab/biobert-v1.1",
+    mvl_hidden_size=768,
+    mvl_mlp_dim=3072,
+    mvl_layers=12,
+    mvl_heads=12,
+    mvl_decoder="linear",
+    mvl_steps=8500,
+    mvl_eval_every=85,
+    mvl_seeds=5,
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, COLAB, FULL)}

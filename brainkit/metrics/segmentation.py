@@ -160,7 +160,13 @@ def case_metrics(pred, target, *, spacing=1.0, nsd_tolerance_mm: float = NSD_TOL
     def oh(a: np.ndarray) -> torch.Tensor:
         return one_hot(torch.from_numpy(a.astype(np.int64))[None, None], num_classes=2)
 
-    yp, yt = oh(p), oh(t)
+    # Boundaries lie inside the bounding box of P u T: crop to it (one voxel of margin, so edges at the box
+    # are found as in the full volume) before the distance transforms. Same values, far less work.
+    box = np.argwhere(p | t)
+    lo = np.maximum(box.min(axis=0) - 1, 0)
+    hi = np.minimum(box.max(axis=0) + 2, p.shape)
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+    yp, yt = oh(p[crop]), oh(t[crop])
     with warnings.catch_warnings():
         # MONAI 1.6 warns about its own deprecated internal argument (get_mask_edges)
         warnings.simplefilter("ignore", FutureWarning)

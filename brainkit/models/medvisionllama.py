@@ -353,7 +353,8 @@ class MedVisionLlama(nn.Module):
 
     @staticmethod
     def _conv_decoder(cfg: MVLConfig) -> nn.Module:
-        """Transposed-conv stages (x2 each, ``decoder_channels``) on the token grid, then a 1x1 conv to
+        """Transposed-conv stages (x2 each, ``decoder_channels``; a 3x3x3 convolution after the first) on the
+        token grid, then a 1x1 conv to
         logits and trilinear upsampling for the factor the learned stages leave (cheap on a CPU: no
         convolution runs at the full voxel grid)."""
         from monai.networks.blocks import Convolution
@@ -371,7 +372,9 @@ class MedVisionLlama(nn.Module):
             layers.append(Convolution(3, c_in, c, strides=stride, kernel_size=stride, is_transposed=True,
                                       padding=0, output_padding=0, act="LEAKYRELU", norm="INSTANCE",
                                       adn_ordering="NA"))
-            layers.append(Convolution(3, c, c, kernel_size=3, act="LEAKYRELU", norm="INSTANCE", adn_ordering="NA"))
+            if not layers[:-1]:  # one 3x3x3 refinement at the coarsest stage only (CPU cost)
+                layers.append(Convolution(3, c, c, kernel_size=3, act="LEAKYRELU", norm="INSTANCE",
+                                          adn_ordering="NA"))
             c_in = c
         layers.append(Convolution(3, c_in, cfg.out_channels, kernel_size=1, conv_only=True))
         if any(f > 1 for f in factors):
