@@ -63,16 +63,16 @@ class Profile:
     # -- BrainMRI-GPT: CLIP localiser (notebook 02) ------------------------------------------------
     clip_source: str = "tiny:clip"  # CLIPModel: hub id / folder / tiny:clip; paper ViT-L/14(-336)
     clip_image_size: int = 64  # CLIP input side (slices resized to it); paper 336 (or 224)
-    clip_patch_size: int = 8  # tiny:clip only (hub checkpoints carry their own); paper 14
+    clip_patch_size: int = 4  # tiny:clip only (hub checkpoints carry their own); paper 14
     clip_layers: tuple[int, ...] = (2, 4, 6, 8)  # hidden layers whose patch tokens are decoded; paper 6/12/18/24
     clip_decoder_hidden: int = 0  # decoder Linear width; 0 = the joint (projection) dim; paper 768
     clip_temperature: float = 100.0  # tau of softmax(tau * patch . F_t^T), CLIP's logit scale
-    clip_epochs: int = 6  # decoder training epochs; paper 3
+    clip_epochs: int = 12  # decoder training epochs; paper 3
     clip_batch_size: int = 16  # paper 16
     clip_lr: float = 0.01  # Adam; paper 0.01
     clip_betas: tuple[float, float] = (0.5, 0.999)  # Adam betas; paper (0.5, 0.999)
-    clip_standin_steps: int = 200  # contrastive stand-in pretraining of tiny:clip; 0 = none (pretrained hub CLIP)
-    clip_standin_batch: int = 32  # stand-in pretraining batch (image-caption pairs)
+    clip_standin_steps: int = 40  # contrastive stand-in pretraining of tiny:clip; 0 = none (pretrained hub CLIP)
+    clip_standin_batch: int = 16  # stand-in pretraining batch (image-caption pairs)
     clip_standin_lr: float = 0.001  # stand-in pretraining AdamW learning rate
 
     # -- BrainMRI-GPT: LLM explanations (notebook 03) --------------------------------------------

@@ -125,7 +125,8 @@ def slice_caption(record: dict[str, Any]) -> str:
     side = f.get("hemisphere")
     lesions = f.get("lesions") or []
     lobe = lesions[0].get("lobe") if lesions else None
-    where = " ".join(w for w in (side, f"{lobe} lobe" if lobe else None) if w)
+    region = f"{lobe} lobe" if lobe in ("frontal", "parietal", "temporal", "occipital") else lobe
+    where = " ".join(w for w in (side, region) if w)
     return f"an axial T1-weighted contrast-enhanced MRI slice with a {kind}" + (f" in the {where}" if where else "")
 
 
