@@ -50,7 +50,7 @@ __all__ = [
     "BratConfig", "ABLATIONS", "TABLE2_NAMES", "BratModel", "DenseNetTokens", "BACKBONES", "tokenize_reports",
     "report_sentences", "finding_labels", "init_qformer_from_bert", "truncate_bert", "embed_dataset",
     "retrieval_similarity", "collate", "config_for_ablation", "pair_records", "load_volumes", "PairDataset",
-    "cache_text_states",
+    "cache_text_states", "config_from_profile", "prepare_data", "retrieval_eval", "pretrain", "loaders",
 ]
 
 log = logging.getLogger(__name__)
@@ -668,3 +668,128 @@ def cache_text_states(model: BratModel, text: Mapping[str, torch.Tensor], batch_
             for i in range(0, text["input_ids"].shape[0], batch_size)]
     model.text.train(was)
     return torch.cat(outs)
+
+
+# ------------------------------------------------------------------------------ notebooks 08-09 glue
+def config_from_profile(cfg: Any, input_size: Sequence[int]) -> BratConfig:
+    """The :class:`BratConfig` of a profile's ``brat_*`` fields for volumes of ``input_size`` (X, Y, Z)."""
+    return BratConfig(
+        input_size=tuple(int(s) for s in input_size), backbone=cfg.brat_backbone, feature_stage=cfg.brat_feature_stage,
+        bert_source=cfg.brat_bert, qformer_layers=cfg.brat_qformer_layers or None, num_queries=cfg.brat_num_queries,
+        embed_dim=cfg.brat_embed_dim, max_sentences=cfg.brat_max_sentences, max_text_tokens=cfg.brat_max_text_tokens,
+        train_text=cfg.brat_train_text, diversity_weight=cfg.brat_dpp_weight, dpp_eps=cfg.brat_dpp_eps,
+        dpp_normalize=cfg.brat_dpp_normalize, diversity_warmup_steps=cfg.brat_dpp_warmup_steps,
+        itg_weight=cfg.brat_itg_weight, itg_max_tokens=cfg.brat_itg_max_tokens).validate()
+
+
+def prepare_data(cfg: Any, data_dir, *, seed: int = 0, cache_file=None, tokenizer=None) -> dict[str, Any]:
+    """Everything notebooks 08 and 09 train and evaluate on: the phantom (smoke) or the downloads
+    (``brats2020`` + ``textbrats`` folders under ``data_dir``), patient-grouped 70/10/20 splits, the
+    volumes through brat's MONAI chain (input ``cfg.brat_volume_size`` or ``cfg.data_brat_volume_size``),
+    and the tokenised reports. ``cache_file`` (safetensors) keeps the preprocessed volumes: notebook 09
+    reads notebook 08's instead of preprocessing again."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    from ..data.formats import ensure_phantom
+    from ..data.manifests import check_no_leak, make_splits
+    from ..data.transforms import brat_transforms
+    from ..profiles import resolve
+    from .factory import load_tokenizer
+
+    vol_cfg = resolve(cfg, data_brat_volume_size=cfg.brat_volume_size)
+    if cfg.data_source == "phantom":
+        dirs = ensure_phantom(cfg, data_dir, ["brats2020", "textbrats"], seed=seed,
+                              n_jobs=int(getattr(cfg, "data_jobs", 1)))
+    else:
+        dirs = {"brats2020": Path(data_dir) / "brats2020", "textbrats": Path(data_dir) / "textbrats"}
+    records = pair_records(dirs["brats2020"], dirs["textbrats"])
+    splits = make_splits(records, group_key="patient_id", stratify_key="laterality", fractions=[0.7, 0.1, 0.2],
+                         seed=seed)
+    check_no_leak(splits)
+    ids = {k: [r["case_id"] for r in v] for k, v in splits.items()}
+    vols = None
+    if cache_file is not None and Path(cache_file).is_file():
+        t = load_file(str(cache_file))
+        if all(k in t for k in splits) and all(t[k].shape[0] == len(v) for k, v in splits.items()) and \
+                tuple(t["train"].shape[2:]) == tuple(int(x) for x in reversed(vol_cfg.data_brat_volume_size)):
+            vols = {k: t[k] for k in splits}
+    if vols is None:
+        tf = brat_transforms(vol_cfg)
+        vols = {k: load_volumes(v, tf) for k, v in splits.items()}
+        if cache_file is not None:
+            Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in vols.items()}, str(cache_file))
+    tok = tokenizer or load_tokenizer(cfg.brat_bert)
+    text = {k: tokenize_reports(tok, [r["report"] for r in v], max_tokens=cfg.brat_max_text_tokens,
+                                max_sentences=cfg.brat_max_sentences, ids=ids[k]) for k, v in splits.items()}
+    findings = {k: [finding_labels(r["findings"] or None, r["report"]) for r in v] for k, v in splits.items()}
+    return {"dirs": dirs, "splits": splits, "volumes": vols, "text": text, "findings": findings, "tokenizer": tok,
+            "input_size": tuple(vols["train"].shape[2:])}
+
+
+def retrieval_eval(model: BratModel, loader, findings=None) -> dict[str, float]:
+    """Retrieval metrics of a split (both directions) and the queries' attention-map cosine."""
+    from ..metrics.retrieval import retrieval_metrics
+
+    emb = embed_dataset(model, loader)
+    out = retrieval_metrics(retrieval_similarity(model, emb), findings=findings)
+    if emb["attention"] is not None:
+        out["attn_cos"] = float(L.mean_pairwise_cosine(emb["attention"]).mean())
+    return out
+
+
+def pretrain(model: BratModel, data: Mapping[str, Any], cfg: Any, *, out_dir=None, callbacks=(), seed: int = 0,
+             steps: int | None = None):
+    """Pretrain one configuration with :func:`brainkit.train.fit`: ``cfg.brat_steps`` steps of
+    ``cfg.brat_batch_size`` pairs, AdamW with the backbone / new layers at ``brat_lr_backbone`` and the
+    BERT-initialised parts at ``brat_lr_bert``, the best epoch on validation ``val_r5`` (mean of both
+    directions) kept. The frozen text encoder's outputs are cached first. Returns the FitResult."""
+    from ..train import fit
+
+    text = {k: dict(v) for k, v in data["text"].items()}
+    if model.uses_queries and model.config.itg_weight > 0:
+        model.set_itg_vocab(torch.cat([t["input_ids"].flatten() for t in text.values()]))
+    if not model.config.train_text:
+        for k in text:
+            text[k]["text_states"] = cache_text_states(model, text[k])
+    ds = {k: PairDataset(data["volumes"][k], text[k]) for k in text}
+    g = torch.Generator().manual_seed(seed)
+    train = torch.utils.data.DataLoader(ds["train"], batch_size=cfg.brat_batch_size, shuffle=True, drop_last=True,
+                                        collate_fn=collate, generator=g)
+    val = torch.utils.data.DataLoader(ds["val"], batch_size=32, collate_fn=collate)
+    bert_ids = {id(p) for n, p in model.named_parameters() if n.startswith(("qformer.", "text."))
+                and "crossattention" not in n}
+    fast = [p for p in model.parameters() if p.requires_grad and id(p) not in bert_ids]
+    slow = [p for p in model.parameters() if p.requires_grad and id(p) in bert_ids]
+    opt = torch.optim.AdamW([{"params": fast, "lr": cfg.brat_lr_backbone}, {"params": slow, "lr": cfg.brat_lr_bert}],
+                            weight_decay=0.05)
+    n_steps = int(steps or cfg.brat_steps)
+    epochs = max(1, math.ceil(n_steps / len(train)))
+
+    def evaluate(m, loader):
+        r = retrieval_eval(m, loader)
+        out = {"val_r5": 0.5 * (r["t2i_r5"] + r["i2t_r5"]), "val_t2i_r5": r["t2i_r5"]}
+        if "attn_cos" in r:
+            out["val_attn_cos"] = r["attn_cos"]
+        return out
+
+    return fit(model, train, loss_fn=lambda m, b: m.loss(b), optimizer=opt, epochs=epochs, val_loader=val,
+               evaluate=evaluate, monitor="val_r5", mode="max", out_dir=out_dir, max_steps=n_steps,
+               callbacks=list(callbacks), log_every=5, seed=seed, desc=f"brat:{model.config.matching}")
+
+
+def loaders(data: Mapping[str, Any], model: BratModel, batch_size: int = 32,
+            splits: Sequence[str] | None = None) -> dict[str, Any]:
+    """Evaluation loaders of ``splits`` (default all; cached text outputs when the text encoder is frozen)."""
+    out = {}
+    for k, t in data["text"].items():
+        if splits is not None and k not in splits:
+            continue
+        t = dict(t)
+        if not model.config.train_text:
+            t["text_states"] = cache_text_states(model, t)
+        out[k] = torch.utils.data.DataLoader(PairDataset(data["volumes"][k], t), batch_size=batch_size,
+                                             collate_fn=collate)
+    return out
