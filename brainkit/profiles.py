@@ -131,7 +131,7 @@ class Profile:
     mvl_lora_rank: int = 4  # released 4
     mvl_bert_source: str = "tiny:bert"  # layer of the BERT-family variant; paper BioBERT / ClinicalBERT / BioGPT
     mvl_patch_size: tuple[int, int, int] = (8, 8, 8)  # ViT patch (D, H, W); paper 8^3
-    mvl_roi_size: tuple[int, int, int] | None = None  # training patch (D, H, W), sliding window beyond it; None = the volume
+    mvl_roi_size: tuple[int, int, int] | None = (32, 32, 32)  # training patch (D, H, W), sliding window beyond it; None = the volume
     mvl_hidden_size: int = 96  # ViT width
     mvl_mlp_dim: int = 192  # ViT MLP width
     mvl_layers: int = 4  # ViT encoder blocks
@@ -141,10 +141,10 @@ class Profile:
     mvl_loss: str = "dicefocal"  # dicefocal | dicece (MONAI, soft Dice)
     mvl_lr: float = 0.002  # AdamW peak learning rate (one-cycle); paper 2e-3
     mvl_batch_size: int = 4  # paper 4
-    mvl_steps: int = 150  # optimiser steps per training run; paper 100 epochs
-    mvl_eval_every: int = 50  # steps between validations (the checkpoint is chosen on validation Dice)
-    mvl_seeds: int = 3  # seeds of the MedVisionLlama vs ViT comparison
-    mvl_fractions: tuple[float, ...] = (0.1, 0.3)  # training-set fractions run besides the full set; paper 10 / 30 %
+    mvl_steps: int = 120  # optimiser steps per training run; paper 100 epochs
+    mvl_eval_every: int = 60  # steps between validations (the checkpoint is chosen on validation Dice)
+    mvl_seeds: int = 2  # seeds of the MedVisionLlama vs ViT comparison
+    mvl_fractions: tuple[float, ...] = (0.1,)  # training-set fractions run besides the full set; paper 10 / 30 %
     mvl_nsd_tolerance_mm: float = 2.0  # NSD (surface Dice) tolerance; the README does not state one
     mvl_sw_overlap: float = 0.5  # sliding-window overlap at inference
 
@@ -214,6 +214,7 @@ COLAB = replace(
     brat_gen_steps=2000,
     brat_gen_lm_layers=0,
     mvl_subjects=0,
+    mvl_roi_size=None,
     mvl_llm_source="meta-llama/Llama-3.2-1B",
     mvl_bert_source="dmis-lab/biobert-v1.1",
     mvl_hidden_size=384,
@@ -221,6 +222,8 @@ COLAB = replace(
     mvl_layers=8,
     mvl_heads=8,
     mvl_steps=3000,
+    mvl_seeds=3,
+    mvl_fractions=(0.1, 0.3),
     mvl_eval_every=250,
 )
 
@@ -283,6 +286,7 @@ FULL = replace(
     brat_gen_steps=20000,
     brat_gen_lm_layers=0,
     mvl_subjects=0,
+    mvl_roi_size=None,
     mvl_llm_source="meta-llama/Llama-3.1-8B",
     mvl_bert_source="dmis-lab/biobert-v1.1",
     mvl_hidden_size=768,
@@ -293,6 +297,7 @@ FULL = replace(
     mvl_steps=8500,
     mvl_eval_every=85,
     mvl_seeds=5,
+    mvl_fractions=(0.1, 0.3),
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, COLAB, FULL)}
