@@ -102,13 +102,20 @@ def cmd_data_verify(args: argparse.Namespace) -> int:
 
 def cmd_results(args: argparse.Namespace) -> int:
     from .results import aggregate
+    from .runner import find_notebooks_dir
 
-    md, csv_path = aggregate(args.run_dir)
+    try:  # the clone's notebooks tell "not in this clone yet" from "not run"
+        notebooks = find_notebooks_dir(args.notebooks)
+    except BrainkitError:
+        if args.notebooks:
+            raise
+        notebooks = None
+    md, csv_path = aggregate(args.run_dir, notebooks)
     print(md.read_text())
     print(f"written: {md}, {csv_path}")
     if args.readme:
         from .results import update_readme
-        print(f"updated the results section of {update_readme(args.readme, args.run_dir)}")
+        print(f"updated the results section of {update_readme(args.readme, args.run_dir, notebooks)}")
     return 0
 
 
@@ -144,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("results", help="(re)write results.md and results.csv of a run folder")
     r.add_argument("run_dir")
     r.add_argument("--readme", default=None, help="also rewrite the results section of this README")
+    r.add_argument("--notebooks", default=None, help="notebooks folder (default: the clone's notebooks/)")
     r.set_defaults(func=cmd_results)
     return p
 

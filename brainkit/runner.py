@@ -229,6 +229,13 @@ def run_series(profile: str | Profile = "smoke", *, out: str | os.PathLike | Non
         "parameters": extra, "notebooks": [],
     }
     atomic_write_text(run_dir / "environment.txt", _pip_freeze())
+    # Notebooks run earlier into this folder (``--only 10`` after a full run) keep their records.
+    earlier: list[dict[str, Any]] = []
+    try:
+        old = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+        earlier = [n for n in old.get("notebooks", []) if isinstance(n, dict) and "name" in n]
+    except (OSError, ValueError):
+        pass
     runs: list[NotebookRun] = []
     for nb in chosen:
         budget = notebook_budget(nb, prof)
@@ -241,12 +248,15 @@ def run_series(profile: str | Profile = "smoke", *, out: str | os.PathLike | Non
         runs.append(r)
         note = f" — {r.error}" if r.error else ""
         say(f"  {r.status:7s} {r.seconds:7.1f} s{' (over budget)' if r.over_budget else ''}{note}")
-        record["notebooks"] = [{**asdict(x), "over_budget": x.over_budget} for x in runs]
+        fresh = {x.name: {**asdict(x), "over_budget": x.over_budget, "profile": prof.name, "seed": seed,
+                          "git_revision": record["git_revision"]} for x in runs}
+        kept = [n for n in earlier if n["name"] not in fresh and n["name"] not in {p.stem for p in chosen}]
+        record["notebooks"] = sorted(kept + list(fresh.values()), key=lambda n: n["name"])
         atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2))
     record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     atomic_write_text(run_dir / "run.json", json.dumps(record, indent=2))
     from .results import aggregate
-    aggregate(run_dir)
+    aggregate(run_dir, folder)
     return runs, run_dir
 
 

@@ -100,3 +100,21 @@ def test_unknown_notebook_parameter(course, tmp_path):
 def test_console_script_installed():
     out = subprocess.run([sys.executable, "-m", "brainkit.cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "tutorial" in out.stdout and "doctor" in out.stdout
+
+
+@pytest.mark.slow
+def test_rerun_into_a_run_folder_keeps_earlier_records(course, tmp_path, capsys):
+    out = tmp_path / "run"
+    runner.run_series("smoke", out=out, only="00,03", seed=1, notebooks_dir=course)
+    first = {n["name"]: n for n in json.loads((out / "run.json").read_text())["notebooks"]}
+    runner.run_series("smoke", out=out, only="03", seed=1, notebooks_dir=course)
+    record = json.loads((out / "run.json").read_text())
+    again = {n["name"]: n for n in record["notebooks"]}
+    assert list(again) == ["00_good", "03_after"]
+    assert again["00_good"] == first["00_good"]  # kept as it was
+    assert again["03_after"]["profile"] == "smoke" and again["03_after"]["seed"] == 1
+    assert "00_good" in (out / "results.md").read_text()
+    # the CLI prints the time table of what it ran
+    assert cli.main(["tutorial", "--notebooks", str(course), "--only", "00", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "notebook" in printed and "seconds" in printed and "00_good" in printed and "total" in printed
