@@ -182,6 +182,16 @@ def _git_revision(folder: Path) -> str | None:
         return None
 
 
+def _git_dirty(folder: Path) -> bool | None:
+    """Whether the clone has uncommitted changes (the revision alone then does not pin the code)."""
+    try:
+        out = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=no"],
+                             capture_output=True, text=True, timeout=10)
+        return bool(out.stdout.strip()) if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def _pip_freeze() -> str:
     try:
         out = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True, timeout=120)
@@ -224,7 +234,7 @@ def run_series(profile: str | Profile = "smoke", *, out: str | os.PathLike | Non
     from . import __version__
     record: dict[str, Any] = {
         "profile": prof.name, "seed": seed, "brainkit_version": __version__,
-        "git_revision": _git_revision(folder), "python": platform.python_version(),
+        "git_revision": _git_revision(folder), "git_dirty": _git_dirty(folder), "python": platform.python_version(),
         "platform": platform.platform(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "parameters": extra, "notebooks": [],
     }
