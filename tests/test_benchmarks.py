@@ -1,8 +1,10 @@
 """The benchmark scripts run and measure what they claim (their timings are not asserted: see benchmarks/)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _load(name):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -41,3 +44,51 @@ def test_fused_attention_never_holds_the_score_matrix():
     fused = mem.peak_activation_bytes(sdpa, train=False, fused_attention=True)
     math = mem.peak_activation_bytes(sdpa, train=False, fused_attention=False)
     assert fused < 2 * 256 * 256 * 4 <= math  # the 2 x 256 x 256 fp32 scores exist only on the math path
+
+
+def _numbers(line):
+    import re
+
+    return [float(x) for x in re.findall(r"(?<![\w.])(\d+(?:\.\d+)?)(?:x|%)?(?![\w.])", line)]
+
+
+@pytest.mark.slow
+def test_data_benchmark_prints_rates_and_ratios(capsys):
+    import math
+
+    assert _load("data").main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    lines = {line.split(":")[0].strip(): line for line in out.splitlines() if ":" in line}
+    gen = lines["phantom subjects/s"]
+    assert "1 process" in gen and "ratio" in gen
+    prep = [line for line in out.splitlines() if line.startswith("preprocess vol/s")]
+    assert len(prep) == 2 and "MSD chain" in prep[0] and "brat chain" in prep[1]
+    epoch = next(line for line in out.splitlines() if line.startswith("epoch of"))
+    assert "uncached (Dataset)" in epoch and "cached" in epoch
+    speed = lines["cached epoch speed-up"]
+    for line in (gen, *prep, epoch, speed):
+        values = _numbers(line.split(":", 1)[1])
+        assert values and all(math.isfinite(v) and v > 0 for v in values), line
+
+
+@pytest.mark.slow
+def test_train_benchmark_prints_throughput_memory_and_flop_fraction(capsys):
+    import math
+
+    assert _load("train").main(["--quick", "--methods", "brat", "--batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "dense fp32" in out and "GFLOP/s" in out
+    row = next(line for line in out.splitlines() if line.startswith("brat "))
+    fields = row.split()
+    assert fields[1] == "smoke" and len(fields) >= 10
+    samples, step, peak, gflop, gflop_s = map(float, fields[4:9])
+    fraction = float(fields[9].rstrip("%")) / 100
+    for v in (samples, step, peak, gflop, gflop_s, fraction):
+        assert math.isfinite(v) and v > 0, row
+    assert abs(samples * step - int(fields[3])) < 0.02 * int(fields[3])  # samples/s = batch / step time
+    assert fraction < 2  # a training step does not beat the dense matmul by much
+
+
+def test_train_benchmark_refuses_unknown_method():
+    with pytest.raises(SystemExit):
+        _load("train").main(["--methods", "nope"])
