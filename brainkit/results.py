@@ -163,7 +163,7 @@ def table(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
         pub = paper.get(rec["notebook"][:2], {}).get("metrics", {})
         metrics = rec["metrics"]
 
-        def owner(base: str) -> str | None:
+        def owner(base: str, metrics: dict[str, Any] = metrics) -> str | None:
             for cand in (base, base + "_mean"):
                 if cand in metrics and not cand.endswith(("_ci_low", "_ci_high")) and not _SEED.search(cand):
                     return cand
@@ -225,7 +225,8 @@ def timings(runs_dir: str | os.PathLike) -> list[dict[str, Any]]:
     run = run_record(runs_dir) or {}
     return [{"notebook": n["name"], "status": n["status"], "seconds": float(n["seconds"]),
              "budget": n.get("budget"), "timeout": n.get("timeout"), "over_budget": n.get("over_budget", False),
-             "profile": n.get("profile", run.get("profile"))} for n in run.get("notebooks", [])]
+             "profile": n.get("profile", run.get("profile")),
+             "git_revision": n.get("git_revision", run.get("git_revision"))} for n in run.get("notebooks", [])]
 
 
 def missing(runs_dir: str | os.PathLike, notebooks_dir: str | os.PathLike | None = None,
@@ -332,12 +333,13 @@ def markdown(runs_dir: str | os.PathLike, notebooks_dir: str | os.PathLike | Non
     if times:
         run = run_record(runs_dir) or {}
         lines += [f"{heading} Wall time per notebook", "",
-                  f"Profile `{run.get('profile')}`, seed {run.get('seed')}, git {run.get('git_revision') or '?'}.", "",
-                  "| notebook | status | seconds | budget (s) |", "|---|---|---|---|"]
+                  f"Profile `{run.get('profile')}`, seed {run.get('seed')}; the git revision each notebook ran at "
+                  "(the runner keeps the records of notebooks run earlier into the same folder).", "",
+                  "| notebook | status | seconds | budget (s) | git |", "|---|---|---|---|---|"]
         lines += [f"| {t['notebook']} | {t['status']} | {t['seconds']:.0f} | "
-                  f"{_fmt(t['budget']) if t['budget'] else '–'}{' (over)' if t['over_budget'] else ''} |"
-                  for t in times]
-        lines += [f"| total | | {sum(t['seconds'] for t in times):.0f} | |", ""]
+                  f"{_fmt(t['budget']) if t['budget'] else '–'}{' (over)' if t['over_budget'] else ''} | "
+                  f"{t['git_revision'] or '?'} |" for t in times]
+        lines += [f"| total | | {sum(t['seconds'] for t in times):.0f} | | |", ""]
     lines += [f"{heading} What these numbers can say", "", claims_statement({r["profile"] for r in tab}), ""]
     return "\n".join(lines)
 
