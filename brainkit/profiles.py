@@ -95,27 +95,29 @@ class Profile:
     gemma_probe_lr: float = 0.0005  # probe fine-tune AdamW learning rate
 
     # -- brat: multi-view pretraining, retrieval, downstream (notebooks 08-09) --------------------
-    brat_volume_size: tuple[int, int, int] | None = (16, 32, 32)  # brat input (D, H, W); None = data_brat_volume_size; paper (32, 256, 256)
+    brat_volume_size: tuple[int, int, int] | None = None  # brat input (D, H, W); None = data_brat_volume_size (32, 64, 64: 16x32x32 memorised, never generalised); paper (32, 256, 256)
     brat_backbone: str = "densenet-tiny"  # densenet121 (MONAI DenseNet121) | densenet-tiny (same class, small); paper densenet121
-    brat_feature_stage: str = "denseblock2"  # last DenseNet.features stage kept (8x: 32 tokens at 32x32x16); paper all (norm5, 32x)
+    brat_feature_stage: str = "denseblock2"  # last DenseNet.features stage kept (8x: 8x8x4 = 256 tokens at 64x64x32); paper all (norm5, 32x)
     brat_bert: str = "offline:minilm-l6"  # BERT of the Q-Former and the text encoder; paper BiomedBERT
-    brat_qformer_layers: int = 2  # first n BERT layers in the Q-Former (0 = all); paper 12
+    brat_qformer_layers: int = 1  # first n BERT layers in the Q-Former (0 = all; layer 0 cross-attends); paper 12
     brat_num_queries: int = 16  # learnable queries N_Q; paper 32
     brat_embed_dim: int = 128  # joint space; paper 256 (BLIP-2)
     brat_train_text: bool = False  # fine-tune the text BERT (False: frozen, outputs cached); paper True
     brat_max_text_tokens: int = 128  # report tokens; paper 256
     brat_max_sentences: int = 20  # paper 20
-    brat_itg_max_tokens: int = 32  # report tokens predicted by the ITG loss; paper all
+    brat_itg_max_tokens: int = 24  # report tokens predicted by the ITG loss (the first sentence: type, side, lobe); paper all
     brat_batch_size: int = 16  # image-report pairs per step; paper 32 (25-32)
-    brat_steps: int = 120  # pretraining steps of each configuration (brat and every ablation); paper ~epochs over 75k pairs
+    brat_steps: int = 150  # pretraining steps of each configuration (brat and every ablation; ~9 epochs of 280 pairs); paper ~epochs over 75k pairs
     brat_lr_backbone: float = 0.001  # AdamW lr of the DenseNet and new layers; paper 5e-4
     brat_lr_bert: float = 0.0002  # AdamW lr of the BERT-initialised Q-Former; paper 5e-5
     brat_dpp_weight: float = 0.05  # weight of -log det(L + eps I); paper 1
     brat_dpp_eps: float = 0.01  # eps of the DPP loss; paper "small" (1e-4 swamps InfoNCE at start, NOTES.md)
     brat_dpp_normalize: bool = True  # divide the DPP loss by N_Q
     brat_dpp_warmup_steps: int = 30  # linear ramp of the DPP weight; paper none
-    brat_itg_weight: float = 1.0  # weight of the ITG loss; paper 1
-    brat_cls_steps: int = 60  # downstream classification fine-tune steps per run (notebook 09)
+    brat_itg_weight: float = 2.0  # weight of the ITG loss (smoke: 2, the image side learns mostly from it: t2i R@5 0.14 vs 0.11 at 1, 0.01 at 0); paper 1
+    brat_flip_prob: float = 0.5  # left-right mirroring of a training pair, report sides swapped; paper none
+    brat_center_text: bool = True  # subtract the mean training-report embedding before the text projection; paper no
+    brat_cls_steps: int = 0  # downstream classification fine-tune steps per run at 10/100 % labels (0: linear probe of frozen features; notebook 09)
     brat_cls_fractions: tuple[float, ...] = (0.01, 0.1, 1.0)  # label fractions; paper 1/10/100 %
     brat_bootstrap: int = 1000  # bootstrap resamples of the test set for confidence intervals
     brat_gen_steps: int = 150  # report-generation (MLP bridge + small causal LM) training steps (notebook 09)
@@ -210,6 +212,9 @@ COLAB = replace(
     brat_dpp_eps=0.0001,
     brat_dpp_normalize=False,
     brat_dpp_warmup_steps=1000,
+    brat_itg_weight=1.0,
+    brat_flip_prob=0.0,
+    brat_center_text=False,
     brat_cls_steps=500,
     brat_gen_steps=2000,
     brat_gen_lm_layers=0,
@@ -282,6 +287,9 @@ FULL = replace(
     brat_dpp_eps=0.0001,
     brat_dpp_normalize=False,
     brat_dpp_warmup_steps=1000,
+    brat_itg_weight=1.0,
+    brat_flip_prob=0.0,
+    brat_center_text=False,
     brat_cls_steps=3000,
     brat_gen_steps=20000,
     brat_gen_lm_layers=0,

@@ -239,3 +239,146 @@ def test_pair_dataset_refuses_mismatched_lengths(tok):
     b = _batch(tok)
     with pytest.raises(DataError, match="as many reports as images"):
         B.PairDataset(torch.zeros(3, 1, *GRID), {k: v for k, v in b.items() if k != "image"})
+
+
+# ------------------------------------------------- flip augmentation, text centring, checkpoints (nb 08-09)
+def test_swap_sides_keeps_case_and_only_whole_words():
+    src = "Left frontal mass; midline shift to the right. RIGHT lateral ventricle. Leftover words stay."
+    out = B.swap_sides(src)
+    assert out == "Right frontal mass; midline shift to the left. LEFT lateral ventricle. Leftover words stay."
+    assert B.swap_sides(out) == src
+
+
+def test_pair_dataset_flip_mirrors_image_and_swaps_report(tok):
+    reps = ["A mass in the left frontal lobe.", "Normal study."]
+    both = B.tokenize_reports(tok, reps + [B.swap_sides(r) for r in reps], max_tokens=64)
+    text = {k: v[:2] for k, v in both.items()}
+    flipped = {k: v[2:] for k, v in both.items()}
+    images = torch.arange(2 * 4 * 2 * 2, dtype=torch.float32).reshape(2, 1, 4, 2, 2)
+    ds = B.PairDataset(images, text, flipped, flip_prob=1.0)
+    it = ds[0]
+    assert torch.equal(it["image"], images[0].flip(1))
+    assert torch.equal(it["input_ids"], flipped["input_ids"][0])
+    assert not torch.equal(it["input_ids"], text["input_ids"][0])
+    plain = B.PairDataset(images, text)[0]
+    assert torch.equal(plain["image"], images[0]) and torch.equal(plain["input_ids"], text["input_ids"][0])
+    # a mix at p=0.5 over many draws, reproducible from the seed
+    draws = [bool(torch.equal(B.PairDataset(images, text, flipped, 0.5, seed=3)[1]["image"], images[1]))
+             for _ in range(1)]
+    seq = lambda: [torch.equal(d["image"], images[1]) for d in (lambda ds: [ds[1] for _ in range(40)])(
+        B.PairDataset(images, text, flipped, 0.5, seed=3))]
+    a, b = seq(), seq()
+    assert a == b and 5 < sum(a) < 35 and draws
+
+
+def test_pair_dataset_flip_refuses_bad_arguments(tok):
+    text = B.tokenize_reports(tok, ["A mass in the left lobe.", "Normal."], max_tokens=64)
+    images = torch.zeros(2, 1, 4, 2, 2)
+    with pytest.raises(ConfigError, match="flip_prob"):
+        B.PairDataset(images, text, flip_prob=1.5)
+    with pytest.raises(ConfigError, match="flipped_text"):
+        B.PairDataset(images, text, flip_prob=0.5)
+    short = {k: v[:, :3] for k, v in text.items()}
+    with pytest.raises(DataError, match="flipped_text"):
+        B.PairDataset(images, text, short, flip_prob=0.5)
+
+
+def test_text_center_is_the_mean_pooled_embedding_and_is_subtracted(bert, tok):
+    torch.manual_seed(0)
+    m = B.BratModel(_cfg(train_text=False), bert=bert).eval()
+    text = B.tokenize_reports(tok, REPORTS, max_tokens=96)
+    text["text_states"] = B.cache_text_states(m, text)
+    pooled, mask = m.pool_sentences(text["text_states"], text["token_sentence"], text["sentence_mask"])
+    F0, _ = m.encode_text(text)
+    m.set_text_center(text)
+    assert torch.allclose(m.text_center, pooled[mask].mean(0), atol=1e-5)
+    F1, _ = m.encode_text(text)
+    expect = F0 - m.text_proj.weight @ m.text_center
+    assert torch.allclose(F1, expect, atol=1e-5)
+    assert "text_center" in m.state_dict()
+    m.set_text_center(None)
+    assert float(m.text_center.abs().sum()) == 0.0
+
+
+def test_save_and_load_pretrained_round_trip_and_keys(bert, tmp_path):
+    from brainkit.profiles import resolve
+
+    cfg = resolve("smoke")
+    c = _cfg(train_text=False)
+    key = B.run_key(cfg, c, steps=10, seed=0)
+    assert key == B.run_key(cfg, c, steps=10, seed=0)
+    assert key != B.run_key(cfg, c, steps=11, seed=0) and key != B.run_key(cfg, c, steps=10, seed=1)
+    assert key != B.run_key(resolve("smoke", brat_lr_backbone=0.5), c, steps=10, seed=0)
+    torch.manual_seed(0)
+    a = B.BratModel(c, bert=bert)
+    with torch.no_grad():
+        a.text_center.fill_(0.25)
+    path = B.save_pretrained(a, tmp_path / "ck", key=key, meta={"notebook": "test"})
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("text.") for k in load_file(str(path)))  # the frozen BERT is not stored
+    torch.manual_seed(1)
+    b = B.BratModel(c, bert=bert)
+    assert not B.load_pretrained(b, tmp_path / "missing", key=key)
+    assert not B.load_pretrained(b, tmp_path / "ck", key="another-run")
+    assert B.load_pretrained(b, tmp_path / "ck", key=key)
+    for (n, p), (_, q) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(p, q), n
+
+
+def test_load_pretrained_names_a_damaged_checkpoint(bert, tmp_path):
+    from brainkit.profiles import resolve
+
+    c = _cfg(train_text=False)
+    key = B.run_key(resolve("smoke"), c, steps=1, seed=0)
+    m = B.BratModel(c, bert=bert)
+    B.save_pretrained(m, tmp_path / "ck", key=key)
+    (tmp_path / "ck" / "model.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="model.safetensors"):
+        B.load_pretrained(m, tmp_path / "ck", key=key)
+    (tmp_path / "ck" / "meta.json").write_text("{broken")
+    with pytest.raises(DataError, match="meta.json"):
+        B.load_pretrained(m, tmp_path / "ck", key=key)
+    other = B.BratModel(_cfg(train_text=False, num_queries=6), bert=bert)
+    B.save_pretrained(m, tmp_path / "ck2", key=key)
+    with pytest.raises(DataError, match="keys|safetensors"):
+        B.load_pretrained(other, tmp_path / "ck2", key=key)
+
+
+def test_pretrain_refuses_an_unknown_epoch_choice(bert):
+    from brainkit.profiles import resolve
+
+    m = B.BratModel(_cfg(train_text=False), bert=bert)
+    with pytest.raises(ConfigError, match="select"):
+        B.pretrain(m, {"text": {}}, resolve("smoke"), select="best")
+
+
+def test_cache_text_once_shared_and_kept_on_disk(bert, tok, tmp_path):
+    from brainkit.profiles import resolve
+
+    cfg = resolve("smoke", brat_max_text_tokens=96)
+    recs = [{"case_id": f"c{i}", "report": REPORTS[i % len(REPORTS)]} for i in range(4)]
+    text = {k: B.tokenize_reports(tok, [r["report"] for r in recs], max_tokens=96) for k in ("train", "val")}
+    data = {"splits": {"train": recs, "val": recs}, "text": text, "tokenizer": tok}
+    B.add_flipped_text(data, cfg)
+    assert data["text_flipped"]["input_ids"].shape == data["text"]["train"]["input_ids"].shape
+    m = B.BratModel(_cfg(train_text=False), bert=bert)
+    f = tmp_path / "text.safetensors"
+    B.cache_text(m, data, file=f)
+    assert f.is_file()
+    direct = B.cache_text_states(m, data["text_flipped"])
+    assert torch.allclose(data["text_flipped"]["text_states"], direct, atol=1e-5)
+    # a second data dict reads the file (same ids) and gets the same states
+    data2 = {"splits": data["splits"], "tokenizer": tok,
+             "text": {k: {kk: vv for kk, vv in v.items() if kk != "text_states"} for k, v in data["text"].items()},
+             "text_flipped": {k: v for k, v in data["text_flipped"].items() if k != "text_states"}}
+    B.cache_text(m, data2, file=f)
+    for k in ("train", "val"):
+        assert torch.equal(data2["text"][k]["text_states"], data["text"][k]["text_states"])
+    # other reports -> recomputed, not read
+    data3 = {"splits": data["splits"], "tokenizer": tok,
+             "text": {k: B.tokenize_reports(tok, ["Normal study."] * 4, max_tokens=96) for k in ("train", "val")}}
+    B.cache_text(m, data3, file=f)
+    assert torch.allclose(data3["text"]["val"]["text_states"], B.cache_text_states(m, data3["text"]["val"]), atol=1e-5)
+    with pytest.raises(ConfigError, match="train_text"):
+        B.cache_text(B.BratModel(_cfg(train_text=True), bert=bert), data)

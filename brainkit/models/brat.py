@@ -50,7 +50,7 @@ __all__ = [
     "BratConfig", "ABLATIONS", "TABLE2_NAMES", "BratModel", "DenseNetTokens", "BACKBONES", "tokenize_reports",
     "report_sentences", "finding_labels", "init_qformer_from_bert", "truncate_bert", "embed_dataset",
     "retrieval_similarity", "collate", "config_for_ablation", "pair_records", "load_volumes", "PairDataset",
-    "cache_text_states", "config_from_profile", "prepare_data", "retrieval_eval", "pretrain", "loaders",
+    "cache_text_states", "swap_sides", "add_flipped_text", "cache_text", "run_key", "save_pretrained", "load_pretrained", "config_from_profile", "prepare_data", "retrieval_eval", "pretrain", "loaders",
 ]
 
 log = logging.getLogger(__name__)
@@ -302,6 +302,19 @@ def tokenize_reports(tokenizer, reports: Sequence[str], *, max_tokens: int = 256
             "sentence_mask": sentence_mask}
 
 
+_SIDE = __import__("re").compile(r"\b(left|right)\b", __import__("re").IGNORECASE)
+
+
+def swap_sides(report: str) -> str:
+    """``report`` with "left" and "right" exchanged (case kept): the report of the mirrored scan. Used
+    by the flip augmentation of :class:`PairDataset` (notebook 08)."""
+    def sub(m):
+        w = m.group(0)
+        new = "right" if w.lower() == "left" else "left"
+        return new.upper() if w.isupper() else new.capitalize() if w[0].isupper() else new
+    return _SIDE.sub(sub, report)
+
+
 def finding_labels(findings: Mapping[str, Any] | None = None, report: str | None = None) -> frozenset[str]:
     """Positive findings of one item as ``"kind:value"`` strings for P@5(F) / R@5(F): from the phantom's
     structured findings (:func:`brainkit.data.reports.entities_from_findings`) when given, else
@@ -391,6 +404,33 @@ class BratModel(nn.Module):
         self.temperature = L.LearnableTemperature(config.init_tau)
         self.register_buffer("steps_seen", torch.zeros((), dtype=torch.long))
         self.register_buffer("itg_vocab", None, persistent=False)
+        # Mean pooled text embedding of the training reports, subtracted before ``text_proj`` (zeros = none).
+        self.register_buffer("text_center", torch.zeros(h))
+
+    @torch.no_grad()
+    def set_text_center(self, text: Mapping[str, torch.Tensor] | None, batch_size: int = 64) -> None:
+        """Centre the text side: store the mean pooled (sentence or report) embedding of ``text`` (a
+        tokenised split, with cached ``text_states`` or not), subtracted before the projection. A frozen
+        BERT puts every phantom report in a narrow cone (pairwise cosines near 1); removing the shared
+        direction lets the projection start from the differences. ``None`` switches it off."""
+        if text is None:
+            self.text_center.zero_()
+            return
+        total, count = torch.zeros_like(self.text_center, dtype=torch.float64), 0
+        was = self.training
+        self.eval()
+        for i in range(0, text["input_ids"].shape[0], batch_size):
+            b = {k: v[i:i + batch_size] for k, v in text.items()}
+            states = b.get("text_states")
+            if states is None:
+                states = self.text_states(b["input_ids"], b["attention_mask"])
+            pooled, mask = self.pool_sentences(states, b["token_sentence"], b["sentence_mask"])
+            total += pooled[mask].double().sum(0)
+            count += int(mask.sum())
+        self.train(was)
+        if count == 0:
+            raise DataError(None, "text", "at least one sentence to centre on", "none")
+        self.text_center.copy_((total / count).to(self.text_center.dtype))
 
     def set_itg_vocab(self, token_ids: Iterable[int] | torch.Tensor | None) -> None:
         """Restrict the ITG softmax to ``token_ids`` (e.g. every token of the training reports, plus the
@@ -501,7 +541,7 @@ class BratModel(nn.Module):
         if states is None:
             states = self.text_states(batch["input_ids"], batch["attention_mask"])
         pooled, mask = self.pool_sentences(states, batch["token_sentence"], batch["sentence_mask"])
-        return self.text_proj(pooled), mask
+        return self.text_proj(pooled - self.text_center), mask
 
     # -- similarity and losses ---------------------------------------------------------------------
     def similarity(self, V: torch.Tensor, F: torch.Tensor, mask: torch.Tensor, *, chunk_size: int | None = None):
@@ -640,19 +680,38 @@ def load_volumes(records: Sequence[Mapping[str, Any]], transform) -> torch.Tenso
 
 class PairDataset(torch.utils.data.Dataset):
     """Image-report pairs held in memory as tensors (the smoke set is small): item ``i`` is a dict of
-    ``image`` and the tokenised report (and cached ``text_states`` when given)."""
+    ``image`` and the tokenised report (and cached ``text_states`` when given).
 
-    def __init__(self, images: torch.Tensor, text: Mapping[str, torch.Tensor]):
+    Flip augmentation: with ``flipped_text`` (the tokenised :func:`swap_sides` reports, same widths as
+    ``text``) each item is, with probability ``flip_prob``, the scan mirrored left-right (axis X of
+    ``(1, X, Y, Z)``, RAS) paired with the mirrored report. The draws come from the dataset's own
+    generator (seeded), so a run is reproducible; a resume mid-epoch draws different flips."""
+
+    def __init__(self, images: torch.Tensor, text: Mapping[str, torch.Tensor],
+                 flipped_text: Mapping[str, torch.Tensor] | None = None, flip_prob: float = 0.0, seed: int = 0):
         if images.shape[0] != text["input_ids"].shape[0]:
             raise DataError(None, "pairs", "as many reports as images",
                             f"{text['input_ids'].shape[0]} reports for {images.shape[0]} images")
+        if not 0.0 <= float(flip_prob) <= 1.0:
+            raise ConfigError(f"flip_prob: expected a probability in [0, 1], found {flip_prob!r}")
+        if flip_prob > 0:
+            if flipped_text is None:
+                raise ConfigError("flip_prob > 0 needs flipped_text (the tokenised swap_sides reports)")
+            bad = [k for k in text if k not in flipped_text or flipped_text[k].shape != text[k].shape]
+            if bad:
+                raise DataError(None, "flipped_text", "the same keys and shapes as text", f"differs at {bad}")
         self.images = images
         self.text = dict(text)
+        self.flipped = dict(flipped_text) if flipped_text is not None else None
+        self.flip_prob = float(flip_prob)
+        self._g = torch.Generator().manual_seed(int(seed))
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        if self.flip_prob > 0 and float(torch.rand((), generator=self._g)) < self.flip_prob:
+            return {"image": self.images[i].flip(1), **{k: v[i] for k, v in self.flipped.items()}}
         return {"image": self.images[i], **{k: v[i] for k, v in self.text.items()}}
 
 
@@ -740,25 +799,105 @@ def retrieval_eval(model: BratModel, loader, findings=None) -> dict[str, float]:
     return out
 
 
+def add_flipped_text(data: dict[str, Any], cfg: Any) -> dict[str, Any]:
+    """Tokenise the :func:`swap_sides` version of every training report into ``data["text_flipped"]``
+    (and the training reports again, jointly, so both have the same widths); in place, returns ``data``.
+    Used by the flip augmentation of :func:`pretrain`."""
+    if "text_flipped" in data:
+        return data
+    recs = data["splits"]["train"]
+    reps = [r["report"] for r in recs]
+    ids = [r["case_id"] for r in recs]
+    both = tokenize_reports(data["tokenizer"], reps + [swap_sides(r) for r in reps], max_tokens=cfg.brat_max_text_tokens,
+                            max_sentences=cfg.brat_max_sentences, ids=ids + [f"{i} (sides swapped)" for i in ids])
+    n = len(reps)
+    data["text"] = {**data["text"], "train": {k: v[:n] for k, v in both.items()}}
+    data["text_flipped"] = {k: v[n:] for k, v in both.items()}
+    return data
+
+
+def cache_text(model: BratModel, data: dict[str, Any], file=None) -> dict[str, Any]:
+    """Run the (frozen) text encoder of ``model`` once over every split (and ``text_flipped``) and keep
+    its outputs as ``text_states`` in ``data``: every configuration built from the same BERT shares them
+    (the BERT over all reports costs more than a configuration's whole training in smoke). In place.
+    ``file`` (safetensors) keeps them on disk: notebook 09 reads notebook 08's (used only when every
+    token id matches, so another tokenisation or report set is recomputed)."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file, save_file
+
+    tag = (model.config.bert_source, model.config.text_layers)
+    if model.config.train_text:
+        raise ConfigError("cache_text: the text encoder is trained (train_text=True); its outputs change")
+    if data.get("text_states_of") == tag and all("text_states" in t for t in data["text"].values()):
+        return data
+    parts = dict(data["text"])
+    if "text_flipped" in data:
+        parts["flipped"] = data["text_flipped"]
+    states = None
+    if file is not None and Path(file).is_file():
+        try:
+            t = load_file(str(file))
+        except Exception:  # noqa: BLE001 - a damaged cache is recomputed
+            t = {}
+        if all(f"{k}/states" in t and f"{k}/ids" in t and torch.equal(t[f"{k}/ids"], v["input_ids"])
+               for k, v in parts.items()) and t.get("tag") is not None and \
+                bytes(t["tag"].tolist()).decode() == repr(tag):
+            states = {k: t[f"{k}/states"] for k in parts}
+    if states is None:
+        states = {k: cache_text_states(model, v) for k, v in parts.items()}
+        if file is not None:
+            Path(file).parent.mkdir(parents=True, exist_ok=True)
+            blob = {f"{k}/states": v.contiguous() for k, v in states.items()}
+            blob.update({f"{k}/ids": v["input_ids"].contiguous() for k, v in parts.items()})
+            blob["tag"] = torch.tensor(list(repr(tag).encode()), dtype=torch.uint8)
+            save_file(blob, str(file))
+    for k in data["text"]:
+        data["text"][k] = {**data["text"][k], "text_states": states[k]}
+    if "text_flipped" in data:
+        data["text_flipped"] = {**data["text_flipped"], "text_states": states["flipped"]}
+    data["text_states_of"] = tag
+    return data
+
+
 def pretrain(model: BratModel, data: Mapping[str, Any], cfg: Any, *, out_dir=None, callbacks=(), seed: int = 0,
-             steps: int | None = None):
+             steps: int | None = None, select: str = "last", flip_prob: float | None = None,
+             center_text: bool | None = None):
     """Pretrain one configuration with :func:`brainkit.train.fit`: ``cfg.brat_steps`` steps of
     ``cfg.brat_batch_size`` pairs, AdamW with the backbone / new layers at ``brat_lr_backbone`` and the
-    BERT-initialised parts at ``brat_lr_bert``, the best epoch on validation ``val_r5`` (mean of both
-    directions) kept. The frozen text encoder's outputs are cached first. Returns the FitResult."""
+    BERT-initialised parts at ``brat_lr_bert``. ``select="last"`` keeps the last weights (the smoke
+    default: R@5 on a validation split of a few dozen pairs is too noisy to choose an epoch by),
+    ``select="val_r5"`` the epoch with the best validation R@5 (mean of both directions).
+
+    Before training: the frozen text encoder's outputs are cached (reused from ``data`` when
+    :func:`cache_text` put them there for the same BERT), the text side is centred on the training
+    reports (:meth:`BratModel.set_text_center`, ``cfg.brat_center_text``) and, with ``cfg.brat_flip_prob``
+    > 0, each training pair is mirrored left-right with its report's sides swapped (:func:`swap_sides`)
+    with that probability. ``flip_prob`` / ``center_text`` override the profile. ``data`` gains the
+    cached items. Returns the FitResult. Introduced in ``08_brat_pretraining``."""
     from ..train import fit
 
-    text = {k: dict(v) for k, v in data["text"].items()}
-    if model.uses_queries and model.config.itg_weight > 0:
-        model.set_itg_vocab(torch.cat([t["input_ids"].flatten() for t in text.values()]))
+    if select not in ("last", "val_r5"):
+        raise ConfigError(f"select: expected 'last' or 'val_r5', found {select!r}")
+    flip = float(getattr(cfg, "brat_flip_prob", 0.0) if flip_prob is None else flip_prob)
+    center = bool(getattr(cfg, "brat_center_text", False) if center_text is None else center_text)
+    if flip > 0:
+        add_flipped_text(data, cfg)
     if not model.config.train_text:
-        for k in text:
-            text[k]["text_states"] = cache_text_states(model, text[k])
-    ds = {k: PairDataset(data["volumes"][k], text[k]) for k in text}
+        cache_text(model, data)
+    text = data["text"]
+    flipped = data.get("text_flipped") if flip > 0 else None
+    if model.uses_queries and model.config.itg_weight > 0:
+        every = [t["input_ids"].flatten() for t in text.values()] + ([flipped["input_ids"].flatten()] if flipped else [])
+        model.set_itg_vocab(torch.cat(every))
+    model.set_text_center(text["train"] if center else None)
+    train_ds = PairDataset(data["volumes"]["train"], text["train"], flipped, flip if flipped is not None else 0.0,
+                           seed=seed)
     g = torch.Generator().manual_seed(seed)
-    train = torch.utils.data.DataLoader(ds["train"], batch_size=cfg.brat_batch_size, shuffle=True, drop_last=True,
+    train = torch.utils.data.DataLoader(train_ds, batch_size=cfg.brat_batch_size, shuffle=True, drop_last=True,
                                         collate_fn=collate, generator=g)
-    val = torch.utils.data.DataLoader(ds["val"], batch_size=32, collate_fn=collate)
+    val = torch.utils.data.DataLoader(PairDataset(data["volumes"]["val"], text["val"]), batch_size=32,
+                                      collate_fn=collate)
     bert_ids = {id(p) for n, p in model.named_parameters() if n.startswith(("qformer.", "text."))
                 and "crossattention" not in n}
     fast = [p for p in model.parameters() if p.requires_grad and id(p) not in bert_ids]
@@ -777,7 +916,76 @@ def pretrain(model: BratModel, data: Mapping[str, Any], cfg: Any, *, out_dir=Non
 
     return fit(model, train, loss_fn=lambda m, b: m.loss(b), optimizer=opt, epochs=epochs, val_loader=val,
                evaluate=evaluate, monitor="val_r5", mode="max", out_dir=out_dir, max_steps=n_steps,
-               callbacks=list(callbacks), log_every=5, seed=seed, desc=f"brat:{model.config.matching}")
+               restore_best=select == "val_r5", callbacks=list(callbacks), log_every=5, seed=seed,
+               desc=f"brat:{model.config.matching}")
+
+
+def run_key(cfg: Any, config: BratConfig, *, steps: int, seed: int, select: str = "last") -> str:
+    """A short hash of everything that determines one pretraining run (the profile's ``data_`` and
+    ``brat_`` fields, the model configuration, steps, seed and the epoch choice): notebook 09 reuses a
+    checkpoint of notebook 08 only when its key matches."""
+    import hashlib
+    import json
+    from dataclasses import fields, is_dataclass
+
+    prof = {f.name: getattr(cfg, f.name) for f in fields(cfg)} if is_dataclass(cfg) else dict(vars(cfg))
+    prof = {k: v for k, v in prof.items() if k.startswith(("data_", "brat_")) and not k.startswith("data_jobs")}
+    blob = json.dumps({"profile": prof, "config": asdict(config), "steps": int(steps), "seed": int(seed),
+                       "select": select}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def save_pretrained(model: BratModel, folder, *, key: str, meta: Mapping[str, Any] | None = None):
+    """Write ``model.safetensors`` (without the frozen text encoder, which is the BERT it was built
+    from) and ``meta.json`` (``key`` of :func:`run_key`, the configuration, ``meta``) to ``folder``."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    frozen = not model.config.train_text
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
+             if v is not None and not (frozen and k.startswith("text."))}
+    save_file(state, str(folder / "model.safetensors"))
+    info = {"key": key, "config": asdict(model.config), **dict(meta or {})}
+    (folder / "meta.json").write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
+    return folder / "model.safetensors"
+
+
+def load_pretrained(model: BratModel, folder, *, key: str) -> bool:
+    """Load a :func:`save_pretrained` checkpoint from ``folder`` into ``model`` if its key matches
+    ``key``; return False when there is none (or another run's). A matching key with a corrupt or
+    incompatible file is a :class:`~brainkit.errors.DataError` naming it."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    weights, meta = folder / "model.safetensors", folder / "meta.json"
+    if not (weights.is_file() and meta.is_file()):
+        return False
+    try:
+        info = json.loads(meta.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DataError(meta, "json", "a meta.json written by save_pretrained", str(exc)) from None
+    if info.get("key") != key:
+        return False
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise DataError(weights, "safetensors", "a checkpoint written by save_pretrained", str(exc)) from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise DataError(weights, "keys", "the parameters of this configuration", str(exc).splitlines()[-1].strip()) from None
+    bad = [k for k in missing if not (k.startswith("text.") and not model.config.train_text)]
+    if bad or unexpected:
+        raise DataError(weights, "keys", "the parameters of this configuration",
+                        f"missing {bad[:3]}, unexpected {list(unexpected)[:3]}")
+    return True
 
 
 def loaders(data: Mapping[str, Any], model: BratModel, batch_size: int = 32,
@@ -788,7 +996,8 @@ def loaders(data: Mapping[str, Any], model: BratModel, batch_size: int = 32,
         if splits is not None and k not in splits:
             continue
         t = dict(t)
-        if not model.config.train_text:
+        if not model.config.train_text and not ("text_states" in t and data.get("text_states_of") ==
+                                                (model.config.bert_source, model.config.text_layers)):
             t["text_states"] = cache_text_states(model, t)
         out[k] = torch.utils.data.DataLoader(PairDataset(data["volumes"][k], t), batch_size=batch_size,
                                              collate_fn=collate)
