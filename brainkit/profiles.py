@@ -129,24 +129,28 @@ class Profile:
     mvl_llm_source: str = "tiny:llama"  # causal LM whose layer is frozen in; paper meta-llama/Llama-3.1-8B
     mvl_llm_layer: int = -1  # index of that decoder layer; released code: the last
     mvl_llm_position: str = "after"  # after the ViT encoder (README) | before it (released code)
-    mvl_mapper: str = "lora"  # lora (released: frozen random Linear + rank-r LoRA) | linear (trainable)
+    mvl_mapper: str = "linear"  # lora (released: frozen random Linear + rank-r LoRA) | linear (trainable; learnt faster in smoke)
     mvl_lora_rank: int = 4  # released 4
     mvl_bert_source: str = "tiny:bert"  # layer of the BERT-family variant; paper BioBERT / ClinicalBERT / BioGPT
     mvl_patch_size: tuple[int, int, int] = (8, 8, 8)  # ViT patch (D, H, W); paper 8^3
-    mvl_roi_size: tuple[int, int, int] | None = (32, 32, 32)  # training patch (D, H, W), sliding window beyond it; None = the volume
+    mvl_roi_size: tuple[int, int, int] | None = (24, 32, 32)  # training patch (D, H, W), half tumour-centred; sliding window beyond it; None = the volume
     mvl_hidden_size: int = 96  # ViT width
     mvl_mlp_dim: int = 192  # ViT MLP width
     mvl_layers: int = 4  # ViT encoder blocks
     mvl_heads: int = 4  # attention heads
     mvl_decoder: str = "conv"  # conv (upsampling decoder on the token grid) | linear (released fold-back head)
     mvl_decoder_channels: tuple[int, ...] = (32, 16)  # conv decoder: channels of its x2 upsampling stages
-    mvl_loss: str = "dicefocal"  # dicefocal | dicece (MONAI, soft Dice)
-    mvl_lr: float = 0.002  # AdamW peak learning rate (one-cycle); paper 2e-3
-    mvl_batch_size: int = 4  # paper 4
-    mvl_steps: int = 120  # optimiser steps per training run; paper 100 epochs
-    mvl_eval_every: int = 60  # steps between validations (the checkpoint is chosen on validation Dice)
+    mvl_input_skip: int = 1  # conv decoder: 1 = intensity gate (logits a*x + b, a and b from the decoder), 0 = none
+    mvl_loss: str = "dicece"  # dicece | dicefocal (MONAI, soft Dice)
+    mvl_dice_batch: bool = True  # Dice term over the whole batch (True) or per volume (False)
+    mvl_lr: float = 0.003  # AdamW peak learning rate (one-cycle); paper 2e-3
+    mvl_batch_size: int = 16  # paper 4 (whole volumes; smoke trains on 16 small patches)
+    mvl_steps: int = 400  # optimiser steps per training run; paper 100 epochs
+    mvl_eval_every: int = 200  # steps between validations (the checkpoint is chosen on validation Dice)
     mvl_seeds: int = 2  # seeds of the MedVisionLlama vs ViT comparison
     mvl_fractions: tuple[float, ...] = (0.1,)  # training-set fractions run besides the full set; paper 10 / 30 %
+    mvl_fraction_steps: int = 100  # steps of the fraction runs; 0 = mvl_steps (smoke: shorter, to fit the budget)
+    mvl_min_component_sizes: tuple[int, ...] = (0, 50, 100, 200, 400)  # post-processing candidates (voxels), chosen on validation
     mvl_nsd_tolerance_mm: float = 2.0  # NSD (surface Dice) tolerance; the README does not state one
     mvl_sw_overlap: float = 0.5  # sliding-window overlap at inference
 
@@ -230,6 +234,10 @@ COLAB = replace(
     mvl_seeds=3,
     mvl_fractions=(0.1, 0.3),
     mvl_eval_every=250,
+    mvl_batch_size=4,
+    mvl_lr=0.002,
+    mvl_fraction_steps=0,
+    mvl_mapper="lora",
 )
 
 FULL = replace(
@@ -302,10 +310,16 @@ FULL = replace(
     mvl_layers=12,
     mvl_heads=12,
     mvl_decoder="linear",
+    mvl_input_skip=0,
     mvl_steps=8500,
     mvl_eval_every=85,
     mvl_seeds=5,
     mvl_fractions=(0.1, 0.3),
+    mvl_batch_size=4,
+    mvl_lr=0.002,
+    mvl_loss="dicefocal",
+    mvl_fraction_steps=0,
+    mvl_mapper="lora",
 )
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (SMOKE, COLAB, FULL)}

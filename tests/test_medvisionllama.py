@@ -323,3 +323,44 @@ def test_empty_label_volume_is_defined(llm):
     one = case_metrics(fp, empty, spacing=4.0)
     assert (one["dice"], one["nsd"]) == (0.0, 0.0)
     assert one["hd95"] == pytest.approx(4.0 * np.sqrt(16 ** 2 + 16 ** 2 + 8 ** 2))
+
+
+# ------------------------------------------------------------------------------ the intensity gate
+def test_intensity_gate_is_a_per_voxel_affine_map_of_the_input(llm):
+    """input_skip=1: logits = a * x + b with the gain a and bias b predicted by the decoder from the tokens and
+    interpolated to full resolution; the gate trains."""
+    cfg = MVLConfig(**{**SMALL.__dict__, "input_skip": 1})
+    m = MedVisionLlama(cfg, llm).eval()
+    x = _x(cfg, b=1)
+    with torch.no_grad():
+        y = m(x)
+        feats = m.head(m.tokens_to_grid(m.llm_block(m.norm(_encode(m, x)))))
+        ab = torch.nn.functional.interpolate(m.skip(feats), size=cfg.img_size, mode="trilinear", align_corners=False)
+    assert y.shape == (1, 1, *cfg.img_size)
+    torch.testing.assert_close(y, ab[:, :1] * x + ab[:, 1:], atol=1e-5, rtol=1e-5)
+    m.train()
+    m(x).mean().backward()
+    assert m.skip.conv.weight.grad is not None and m.skip.conv.weight.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="input_skip"):
+        MVLConfig(**{**SMALL.__dict__, "input_skip": 1, "decoder": "linear"}).check()
+    with pytest.raises(ConfigError, match="input_skip"):
+        MVLConfig(**{**SMALL.__dict__, "input_skip": -1}).check()
+
+
+def _encode(m, x):
+    t = m.patch_embed(x)
+    for blk in m.blocks:
+        t = blk(t)
+    return t
+
+
+def test_batch_dice_pools_the_volumes():
+    """batch=True: one Dice over the batch; a healthy volume with a few false-positive voxels no longer
+    scores a per-volume Dice of 0 on its own."""
+    target = torch.zeros(2, 1, 8, 8, 8)
+    target[0, :, 2:6, 2:6, 2:6] = 1  # volume 1 is healthy
+    logits = torch.where(target > 0, 8.0, -8.0)
+    logits[1, :, 0, 0, 0] = 8.0  # one false-positive voxel in the healthy volume
+    per_volume = build_loss("dicece")(logits, target)
+    pooled = build_loss("dicece", batch=True)(logits, target)
+    assert float(pooled) < 0.1 < float(per_volume)

@@ -23,7 +23,9 @@ with ``z = x + M_out(LLM(M_in(x)))`` for the token matrix ``x`` (N tokens x d_vi
   ``"conv"`` (a light decoder on the token grid: one transposed 3D convolution stage per entry of
   ``decoder_channels``, each doubling the resolution, then trilinear upsampling of the logits). With
   8^3 patches the linear fold-back plateaued near Dice 0.49 on the phantoms (NOTES.md), so the smoke
-  profile uses the conv decoder; both are the same encoder + LLM block, only the last stage differs.
+  profile uses the conv decoder; both are the same encoder + LLM block, only the last stage differs;
+- ``input_skip=1`` (conv decoder): an intensity gate, the decoder predicts a gain and a bias per voxel of its
+  last grid and the logits are ``gain * x + bias`` at full resolution (a skip from the input, as in UNETR).
 
 Variants of the README (:data:`VARIANTS`): ``vit`` (baseline, no LLM layer), ``vit_depth`` (deeper, more
 heads), ``vit_mlp`` (wider MLP), ``medvisionllama`` (Llama layer) and ``bert`` (BioBERT / ClinicalBERT /
@@ -70,6 +72,10 @@ class MVLConfig:
     volumes go through :func:`sliding_window_predict`. ``patch_size`` must divide it.
     ``llm_hidden_size``: None reads it from the LLM layer; set it to assert the size the mappers expect.
     ``mapper_seed``: the seed of the LoRA mappers' frozen random bases.
+    ``input_skip``: conv decoder only; 1 = an intensity gate, a skip from the input at full resolution: the
+    decoder's last stage predicts a gain ``a`` and a bias ``b`` per voxel of its (coarser) grid, upsampled
+    trilinearly, and the logits are ``a * x + b`` for the input intensities ``x`` (a threshold that varies with
+    the context the ViT saw); 0 = none (logits from the token grid, upsampled).
     """
 
     in_channels: int = 1
@@ -88,6 +94,7 @@ class MVLConfig:
     mapper_seed: int = 0
     decoder: str = "conv"
     decoder_channels: tuple[int, ...] = (32, 16)
+    input_skip: int = 0
 
     def check(self) -> MVLConfig:
         """Validate and normalise; raises :class:`ConfigError` naming the field."""
@@ -111,6 +118,9 @@ class MVLConfig:
                 if p & (p - 1):
                     raise ConfigError(f"patch_size: the conv decoder upsamples by 2 per stage and needs powers "
                                       f"of two, found {patch} (use decoder='linear')")
+        if self.input_skip < 0 or (self.input_skip and self.decoder != "conv"):
+            raise ConfigError(f"input_skip: expected 0, or a positive width with decoder='conv', found "
+                              f"{self.input_skip} with decoder={self.decoder!r}")
         if self.lora_rank < 1:
             raise ConfigError(f"lora_rank: expected >= 1, found {self.lora_rank}")
         return replace(self, img_size=img, patch_size=patch, decoder_channels=tuple(self.decoder_channels))
@@ -346,10 +356,19 @@ class MedVisionLlama(nn.Module):
         self.llm_block = LLMBlock(cfg.hidden_size, llm, cfg.mapper, cfg.lora_rank, cfg.llm_hidden_size,
                                   cfg.mapper_seed) \
             if llm is not None else None
+        self.skip: nn.Module | None = None
         if cfg.decoder == "linear":
             self.head = nn.Linear(cfg.hidden_size, cfg.out_channels * math.prod(cfg.patch_size))
         else:
             self.head = self._conv_decoder(cfg)
+            if cfg.input_skip:
+                from monai.networks.blocks import Convolution
+
+                n_up = max(int(math.log2(p)) for p in cfg.patch_size)
+                used = list(cfg.decoder_channels)[:n_up]
+                c = used[-1] if used else cfg.hidden_size
+                # gain and bias maps at the last learned stage: out*in gains + out biases
+                self.skip = Convolution(3, c, cfg.out_channels * (cfg.in_channels + 1), kernel_size=1, conv_only=True)
 
     @staticmethod
     def _conv_decoder(cfg: MVLConfig) -> nn.Module:
@@ -376,6 +395,8 @@ class MedVisionLlama(nn.Module):
                 layers.append(Convolution(3, c, c, kernel_size=3, act="LEAKYRELU", norm="INSTANCE",
                                           adn_ordering="NA"))
             c_in = c
+        if cfg.input_skip:  # the intensity gate upsamples its own maps
+            return nn.Sequential(*layers)
         layers.append(Convolution(3, c_in, cfg.out_channels, kernel_size=1, conv_only=True))
         if any(f > 1 for f in factors):
             layers.append(nn.Upsample(scale_factor=tuple(float(f) for f in factors), mode="trilinear",
@@ -408,22 +429,31 @@ class MedVisionLlama(nn.Module):
             gx, gy, gz = self.grid
             y = self.head(t).reshape(b, gx, gy, gz, cfg.out_channels, px, py, pz)
             return y.permute(0, 4, 1, 5, 2, 6, 3, 7).reshape(b, cfg.out_channels, *cfg.img_size)
-        return self.head(self.tokens_to_grid(t))
+        y = self.head(self.tokens_to_grid(t))
+        if self.skip is not None:  # intensity gate: logits_o = sum_c a_oc * x_c + b_o, a and b upsampled
+            ab = nn.functional.interpolate(self.skip(y), size=cfg.img_size, mode="trilinear", align_corners=False)
+            o, c = cfg.out_channels, cfg.in_channels
+            a, b = ab[:, : o * c].unflatten(1, (o, c)), ab[:, o * c:]
+            y = (a * x[:, None]).sum(2) + b
+        return y
 
 
 # --------------------------------------------------------------------------------------------
 # training and inference helpers
 # --------------------------------------------------------------------------------------------
-def build_loss(kind: str = "dicefocal") -> nn.Module:
+def build_loss(kind: str = "dicefocal", *, batch: bool = False) -> nn.Module:
     """The segmentation loss on logits, through MONAI: ``"dicefocal"`` (soft Dice + focal) or ``"dicece"``
     (soft Dice + binary cross-entropy), sigmoid inside. The Dice term is the soft Dice of the probabilities,
-    never of a thresholded mask (the released code's bug: a thresholded Dice has no gradient)."""
+    never of a thresholded mask (the released code's bug: a thresholded Dice has no gradient).
+    ``batch=True`` computes the Dice term over the whole batch instead of per volume: with small tumours and
+    healthy volumes in a batch, the per-volume Dice of an empty target is 0 or 1 and its gradient pushes
+    every prediction to zero; the batch Dice does not single those volumes out."""
     from monai.losses import DiceCELoss, DiceFocalLoss
 
     if kind == "dicefocal":
-        return DiceFocalLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        return DiceFocalLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=batch)
     if kind == "dicece":
-        return DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        return DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=batch)
     raise ConfigError(f"loss: expected 'dicefocal' or 'dicece', found {kind!r}")
 
 
