@@ -63,17 +63,18 @@ class Profile:
     # -- BrainMRI-GPT: CLIP localiser (notebook 02) ------------------------------------------------
     clip_source: str = "tiny:clip"  # CLIPModel: hub id / folder / tiny:clip; paper ViT-L/14(-336)
     clip_image_size: int = 64  # CLIP input side (slices resized to it); paper 336 (or 224)
-    clip_patch_size: int = 4  # tiny:clip only (hub checkpoints carry their own); paper 14
+    clip_patch_size: int = 8  # tiny:clip only (hub checkpoints carry their own); paper 14
     clip_layers: tuple[int, ...] = (2, 4, 6, 8)  # hidden layers whose patch tokens are decoded; paper 6/12/18/24
-    clip_decoder_hidden: int = 0  # decoder Linear width; 0 = the joint (projection) dim; paper 768
+    clip_decoder_hidden: int = 256  # decoder Linear width; 0 = the joint (projection) dim; paper 768
     clip_temperature: float = 100.0  # tau of softmax(tau * patch . F_t^T), CLIP's logit scale
-    clip_epochs: int = 12  # decoder training epochs; paper 3
+    clip_epochs: int = 40  # decoder training epochs; paper 3
     clip_batch_size: int = 16  # paper 16
-    clip_lr: float = 0.01  # Adam; paper 0.01
+    clip_lr: float = 0.003  # Adam; paper 0.01
+    clip_dice_weight: float = 0.0  # Dice beside Focal in the decoders' loss; paper 1 (smoke 0: notebook 02 says why)
     clip_betas: tuple[float, float] = (0.5, 0.999)  # Adam betas; paper (0.5, 0.999)
-    clip_standin_steps: int = 40  # contrastive stand-in pretraining of tiny:clip; 0 = none (pretrained hub CLIP)
-    clip_standin_batch: int = 16  # stand-in pretraining batch (image-caption pairs)
-    clip_standin_lr: float = 0.001  # stand-in pretraining AdamW learning rate
+    clip_standin_steps: int = 300  # contrastive stand-in pretraining of tiny:clip; 0 = none (pretrained hub CLIP)
+    clip_standin_batch: int = 32  # stand-in pretraining batch (image-caption pairs)
+    clip_standin_lr: float = 3e-4  # stand-in pretraining AdamW learning rate
 
     # -- BrainMRI-GPT: LLM explanations (notebook 03) --------------------------------------------
     llm_source: str = "offline:smollm2-135m"  # causal LM (smoke) or vision LM; paper Llama-3.2-11B-Vision-Instruct
@@ -186,6 +187,8 @@ COLAB = replace(
     clip_layers=(6, 12, 18, 24),
     clip_decoder_hidden=768,
     clip_epochs=3,
+    clip_lr=0.01,
+    clip_dice_weight=1.0,
     clip_standin_steps=0,
     llm_source="Qwen/Qwen2-VL-2B-Instruct",
     llm_cases=60,
@@ -265,6 +268,8 @@ FULL = replace(
     clip_layers=(6, 12, 18, 24),
     clip_decoder_hidden=768,
     clip_epochs=3,
+    clip_lr=0.01,
+    clip_dice_weight=1.0,
     clip_standin_steps=0,
     llm_source="meta-llama/Llama-3.2-11B-Vision-Instruct",
     llm_cases=0,

@@ -39,6 +39,29 @@ def gates_01(m):
     assert m["slice_set_test_subjects"] >= 60 and m["msd_test_volumes"] >= 30
 
 
+def gates_02(m):
+    # Issue 4: trained decoders on the phantom test split (>= 60 subjects); image AUROC from the map's maximum;
+    # the trained decoders beat raw CLIP similarity (zero-shot) by >= 0.10; literal loop == package.
+    assert m["test_subjects"] >= 60
+    assert m["pixel_auroc"] >= 0.90
+    assert m["image_auroc"] >= 0.75
+    assert m["pixel_auroc"] - m["zero_shot_pixel_auroc"] >= 0.10
+    assert m["literal_vs_package_max_diff"] < 1e-4
+    if m["dice_weight"] != 1.0:  # a profile that departs from the page's Focal + Dice reports that loss beside
+        assert 0.0 <= m["paper_loss_pixel_auroc"] <= 1.0 and 0.0 <= m["paper_loss_image_auroc"] <= 1.0
+
+
+def gates_03(m):
+    # Issue 4 sets no learning gate here. Every chosen test case is answered and scored in all three styles;
+    # the findings extractor, run on the true masks, agrees with the phantom's own findings on the side; and
+    # findings in the prompt (instruction) let the text-only smoke LM name the lobe more often than without.
+    assert m["cases"] >= 8 and m["styles_answered"] == 3 and m["answers"] == 3 * m["cases"]
+    assert m["answers_per_style_min"] == m["cases"]
+    assert m["truth_vs_phantom_hemisphere"] >= 0.95
+    assert 0.0 <= m["findings_hemisphere_agreement"] <= 1.0 and 0.0 <= m["findings_lobe_agreement"] <= 1.0
+    assert m["instruction_lobe_accuracy"] > m["zero_shot_lobe_accuracy"]
+
+
 def gates_07(m):
     # Issue 6, on the phantom test split (>= 30 volumes): whole-tumour Dice of MedVisionLlama (mean over seeds)
     # >= 0.45 and >= 0.10 above the best global FLAIR threshold chosen on that split; Dice, NSD and HD95 with the
@@ -72,6 +95,8 @@ def gates_10(m):
 GATES = {
     "00": gates_00,
     "01": gates_01,
+    "02": gates_02,
+    "03": gates_03,
     "07": gates_07,
     "10": gates_10,
 }
