@@ -22,6 +22,7 @@ NOTEBOOKS = {p.name[:2]: p for p in runner.list_notebooks(ROOT / "notebooks")}
 # "07": {"MVL_STEPS": 40}; it must be committed (every notebook listed here must exist: none is skipped).
 REPEATED = {
     "00": {},
+    "02": {"CLIP_EPOCHS": 2},  # the stand-in CLIP comes from the cache after notebook 02's own test
 }
 
 # Notebook number -> (parameters that interrupt its training, the global step of the last checkpoint written
