@@ -78,8 +78,19 @@ def test_chain_rejects_a_label_off_the_image_grid(sets, cfg, tmp_path):
     shifted = np.eye(4)
     shifted[:3, :3] = formats.load_volume(case["flair"]).affine[:3, :3]
     bad = formats.save_volume(tmp_path / "BraTS20_Training_001_seg.nii.gz", seg, shifted, np.uint8)
-    # MONAI's Compose wraps a transform's exception in a RuntimeError; the brainkit error is its cause
-    with pytest.raises(RuntimeError) as info:
+    # MONAI's Compose would wrap it in a RuntimeError; brainkit's chains raise the DataError itself
+    with pytest.raises(DataError, match="affine") as info:
         transforms.gemma_transforms(cfg, with_label=True)({"image": str(case["flair"]), "label": str(bad)})
-    assert isinstance(info.value.__cause__, DataError) and "affine" in str(info.value.__cause__)
-    assert "BraTS20_Training_001_seg.nii.gz" in str(info.value.__cause__)
+    assert "BraTS20_Training_001_seg.nii.gz" in str(info.value)
+
+
+def test_chain_passes_other_errors_through_unchanged():
+    from monai.transforms import Lambda
+
+    def boom(x):
+        raise KeyError("not a brainkit error")
+
+    with pytest.raises(RuntimeError) as info:
+        transforms.Chain([Lambda(boom)])(1)
+    assert isinstance(info.value.__cause__, KeyError)
+    assert transforms.Chain([Lambda(lambda x: x + 1)])(1) == 2

@@ -47,10 +47,10 @@ from monai.transforms import (
     Spacingd,
 )
 
-from ..errors import ConfigError, DataError
+from ..errors import BrainkitError, ConfigError, DataError
 from . import formats, labels
 
-__all__ = ["LoadVolumed", "LoadSliced", "CheckGridd", "LabelModed", "dhw_to_xyz", "slice_transforms",
+__all__ = ["Chain", "LoadVolumed", "LoadSliced", "CheckGridd", "LabelModed", "dhw_to_xyz", "slice_transforms",
            "gemma_transforms", "msd_transforms", "brat_transforms", "for_method", "METHODS", "stepwise",
            "CLIP_MEAN", "CLIP_STD"]
 
@@ -198,6 +198,28 @@ class LoadSliced(MapTransform):
         return d
 
 
+class Chain(Compose):
+    """A MONAI ``Compose`` that lets brainkit's own errors reach the caller unwrapped.
+
+    MONAI re-raises any exception from inside a transform as a ``RuntimeError`` ("applying
+    transform ..."), which hides the :class:`~brainkit.errors.DataError` naming the file and field.
+    Here such an error is raised as itself (MONAI's wrapper stays reachable as ``__context__``);
+    every other exception passes through unchanged. The chains of this module are ``Chain``s.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except RuntimeError as wrapped:
+            cause: BaseException | None = wrapped
+            while cause is not None and not isinstance(cause, BrainkitError):
+                cause = cause.__cause__
+            if cause is None:
+                raise
+            cause.__cause__ = None  # break MONAI's wrap-and-chain loop before re-raising
+            raise cause from None
+
+
 def _spacing_step(keys: Sequence[str], spacing_mm: float, modes: Sequence[str]) -> list[Any]:
     if spacing_mm and spacing_mm > 0:
         return [Spacingd(keys=list(keys), pixdim=(spacing_mm,) * 3, mode=list(modes))]
@@ -228,7 +250,7 @@ def slice_transforms(cfg: Any, *, train: bool = False, rgb: bool = False, clip_n
         steps.append(NormalizeIntensityd(keys="image", subtrahend=np.asarray(CLIP_MEAN, np.float32),
                                          divisor=np.asarray(CLIP_STD, np.float32), channel_wise=True))
     steps.append(EnsureTyped(keys=["image", "mask"], dtype=torch.float32, track_meta=False))
-    return Compose(steps)
+    return Chain(steps)
 
 
 def gemma_transforms(cfg: Any, *, with_label: bool = False, nonzero: bool = False) -> Compose:
@@ -247,7 +269,7 @@ def gemma_transforms(cfg: Any, *, with_label: bool = False, nonzero: bool = Fals
         Resized(keys=keys, spatial_size=size, mode=("trilinear", "nearest")[: len(keys)]),
         EnsureTyped(keys=keys, dtype=(torch.float32, torch.uint8)[: len(keys)], track_meta=False),
     ]
-    return Compose(steps)
+    return Chain(steps)
 
 
 def msd_transforms(cfg: Any, *, train: bool = False, label_mode: str = "msd") -> Compose:
@@ -277,7 +299,7 @@ def msd_transforms(cfg: Any, *, train: bool = False, label_mode: str = "msd") ->
         steps += [RandScaleIntensityd(keys="image", factors=0.1, prob=1.0),
                   RandShiftIntensityd(keys="image", offsets=0.1, prob=1.0)]
     steps.append(EnsureTyped(keys=keys, dtype=(torch.float32, torch.uint8), track_meta=False))
-    return Compose(steps)
+    return Chain(steps)
 
 
 def brat_transforms(cfg: Any, *, with_label: bool = False) -> Compose:
@@ -295,7 +317,7 @@ def brat_transforms(cfg: Any, *, with_label: bool = False) -> Compose:
         Resized(keys=keys, spatial_size=size, mode=("trilinear", "nearest")[: len(keys)]),
         EnsureTyped(keys=keys, dtype=(torch.float32, torch.uint8)[: len(keys)], track_meta=False),
     ]
-    return Compose(steps)
+    return Chain(steps)
 
 
 #: Method name -> chain builder.
