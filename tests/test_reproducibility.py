@@ -23,7 +23,8 @@ NOTEBOOKS = {p.name[:2]: p for p in runner.list_notebooks(ROOT / "notebooks")}
 REPEATED = {
     "00": {},
     "02": {"CLIP_EPOCHS": 2},  # the stand-in CLIP comes from the cache after notebook 02's own test
-    "07": {"STEPS": 8},  # 8 steps per comparison run (the 10%-data runs keep the profile's 100), two seeds
+    "07": {"STEPS": 16, "EVAL_EVERY": 8},  # 16 steps per comparison run, validation + checkpoint every 8 (the
+    # 10%-data runs keep the profile's 100 steps), two seeds
 }
 
 # Notebook number -> (parameters that interrupt its training, the global step of the last checkpoint written
@@ -31,8 +32,9 @@ REPEATED = {
 # metric named in RESUMED_METRIC. To add one, give its interruption the same way.
 INTERRUPTED = {
     "00": ({"STOP_AT_STEP": 42}, 40),  # checkpoints every 4 steps: cut at 42, the last one is at step 40
+    "07": ({"STOP_AT_STEP": 12}, 8),  # first run cut at step 12; its last checkpoint followed step 8's validation
 }
-RESUMED_METRIC = {"00": "toy_resumed_from_step"}
+RESUMED_METRIC = {"00": "toy_resumed_from_step", "07": "resumed_from_step"}
 
 # Wall-time measurements differ between runs by nature; every other metric must be identical.
 VOLATILE = re.compile(r"(^|_)(seconds|secs|wall|elapsed)(_|$)")
