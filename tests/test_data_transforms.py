@@ -94,3 +94,17 @@ def test_chain_passes_other_errors_through_unchanged():
         transforms.Chain([Lambda(boom)])(1)
     assert isinstance(info.value.__cause__, KeyError)
     assert transforms.Chain([Lambda(lambda x: x + 1)])(1) == 2
+
+
+def test_chain_keeps_the_cause_of_a_brainkit_error():
+    from monai.transforms import Lambda
+
+    def unreadable(x):
+        try:
+            raise OSError("truncated gzip stream")
+        except OSError as exc:
+            raise DataError("case_001.nii.gz", "image", "a readable NIfTI file", "truncated") from exc
+
+    with pytest.raises(DataError, match="case_001.nii.gz") as info:
+        transforms.Chain([Lambda(unreadable)])(1)
+    assert isinstance(info.value.__cause__, OSError) and "truncated gzip" in str(info.value.__cause__)

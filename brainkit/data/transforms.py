@@ -203,8 +203,9 @@ class Chain(Compose):
 
     MONAI re-raises any exception from inside a transform as a ``RuntimeError`` ("applying
     transform ..."), which hides the :class:`~brainkit.errors.DataError` naming the file and field.
-    Here such an error is raised as itself (MONAI's wrapper stays reachable as ``__context__``);
-    every other exception passes through unchanged. The chains of this module are ``Chain``s.
+    Here such an error is raised as itself, with its own ``__cause__`` kept (MONAI's wrapper stays
+    reachable as ``__context__`` but is not printed); every other exception passes through unchanged.
+    The chains of this module are ``Chain``s.
     """
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -216,8 +217,8 @@ class Chain(Compose):
                 cause = cause.__cause__
             if cause is None:
                 raise
-            cause.__cause__ = None  # break MONAI's wrap-and-chain loop before re-raising
-            raise cause from None
+            cause.__suppress_context__ = True  # the traceback shows the brainkit error and its cause
+            raise cause
 
 
 def _spacing_step(keys: Sequence[str], spacing_mm: float, modes: Sequence[str]) -> list[Any]:
