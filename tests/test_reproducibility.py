@@ -22,7 +22,7 @@ NOTEBOOKS = {p.name[:2]: p for p in runner.list_notebooks(ROOT / "notebooks")}
 # "09": {"STEPS": 40}; it must be committed (every notebook listed here must exist: none is skipped).
 REPEATED = {
     "00": {},
-    "02": {"CLIP_EPOCHS": 2},  # the stand-in CLIP comes from the cache after notebook 02's own test
+    "02": {"CLIP_EPOCHS": 2},  # a cold cache pretrains the stand-in CLIP in the first run (~1.5 min); the rest read it
     "07": {"STEPS": 16, "EVAL_EVERY": 8},  # 16 steps per comparison run, validation + checkpoint every 8 (the
     # 10%-data runs keep the profile's 100 steps), two seeds
 }
