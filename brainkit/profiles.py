@@ -84,9 +84,10 @@ class Profile:
     # -- BrainGemma3D: inflation, report training and evaluation (notebooks 04-06) ---------------
     gemma_subjects: int = 0  # phantom subjects; 0 = data_subjects (the set other notebooks share; 70/10/20 split: >= 60 test at >= 300)
     gemma_vision_source: str = "tiny:siglip"  # 2D vision tower to inflate; paper google/medsiglip-448
-    gemma_standin_steps: int = 400  # supervised 2D pretraining of tiny:siglip on phantom slices; 0 = none (hub)
-    gemma_standin_batch: int = 64  # slices per stand-in pretraining step
+    gemma_standin_steps: int = 2000  # supervised 2D pretraining of tiny:siglip on phantom slices (cached); 0 = none (hub)
+    gemma_standin_batch: int = 32  # slices per stand-in pretraining step
     gemma_standin_lr: float = 0.002  # stand-in pretraining AdamW learning rate
+    gemma_patch_size: int = 8  # in-plane patch of the tiny stand-in tower; hub towers keep their own (MedSigLIP 14)
     gemma_depth_kernel: int = 4  # Conv3d depth kernel of the inflated patch embedding; card/code 2
     gemma_depth_stride: int = 4  # depth stride; released code 1 (overlapping slabs)
     gemma_init: str = "centre"  # centre (card) | mean (released code, I3D)
@@ -94,6 +95,22 @@ class Profile:
     gemma_probe_steps: int = 160  # 3D fine-tune steps of the laterality probe (notebook 04)
     gemma_probe_batch: int = 16  # volumes per probe step
     gemma_probe_lr: float = 0.0005  # probe fine-tune AdamW learning rate
+    gemma_lm_source: str = "tiny:gemma3"  # report LM; paper google/medgemma-1.5-4b-it (its language model)
+    gemma_lm_4bit: bool = False  # NF4 + double quantisation (bitsandbytes); a tiny: random LM cannot be quantised
+    gemma_lm_pretrain_steps: int = 300  # smoke only: next-token pre-training of the tiny LM on the training reports; 0 = none
+    gemma_compressor: str = "perceiver"  # perceiver (card) | pool (released code)
+    gemma_num_tokens: int = 32  # visual tokens after the compressor
+    gemma_lora_rank: int = 4  # LoRA rank on q/k/v/o (card 4; released code 16)
+    gemma_batch: int = 8  # volume-report pairs per step, every phase (Phase 1 needs >= 2)
+    gemma_phase1_steps: int = 60  # InfoNCE grounding steps; paper 100 epochs (~4100 steps of 8 on 328 training subjects)
+    gemma_phase2a_steps: int = 100  # projector warm-up steps; paper 100 epochs
+    gemma_phase2b_steps: int = 100  # projector + LoRA steps; paper 100 epochs
+    gemma_lr: float = 0.001  # AdamW learning rate of every phase
+    gemma_tau: float = 0.07  # Phase 1 InfoNCE temperature (card)
+    gemma_max_new_tokens: int = 256  # generation budget (card 256)
+    gemma_lime_cases: int = 2  # test cases explained with 3D LIME (notebook 06)
+    gemma_lime_samples: int = 100  # LIME perturbations per case (card 100)
+    gemma_lime_segments: int = 20  # SLIC supervoxels (card 20)
 
     # -- brat: multi-view pretraining, retrieval, downstream (notebooks 08-09) --------------------
     brat_volume_size: tuple[int, int, int] | None = None  # brat input (D, H, W); None = data_brat_volume_size (32, 64, 64: 16x32x32 memorised, never generalised); paper (32, 256, 256)
@@ -201,6 +218,15 @@ COLAB = replace(
     gemma_probe_steps=600,
     gemma_probe_batch=4,
     gemma_probe_lr=0.0001,
+    gemma_lm_source="google/medgemma-1.5-4b-it",
+    gemma_lm_4bit=True,
+    gemma_lm_pretrain_steps=0,
+    gemma_batch=4,
+    gemma_phase1_steps=600,
+    gemma_phase2a_steps=600,
+    gemma_phase2b_steps=1200,
+    gemma_lr=0.0002,
+    gemma_lime_cases=4,
     brat_volume_size=None,
     brat_backbone="densenet121",
     brat_feature_stage="norm5",
@@ -282,6 +308,15 @@ FULL = replace(
     gemma_probe_steps=2000,
     gemma_probe_batch=8,
     gemma_probe_lr=0.0001,
+    gemma_lm_source="google/medgemma-1.5-4b-it",
+    gemma_lm_4bit=True,
+    gemma_lm_pretrain_steps=0,
+    gemma_batch=8,
+    gemma_phase1_steps=4100,
+    gemma_phase2a_steps=4100,
+    gemma_phase2b_steps=4100,
+    gemma_lr=0.0002,
+    gemma_lime_cases=20,
     brat_volume_size=None,
     brat_backbone="densenet121",
     brat_feature_stage="norm5",
