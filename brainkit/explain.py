@@ -1,6 +1,6 @@
 """3D LIME for report generation: which brain regions make the model's report likely.
 
-Introduced in ``06_report_evaluation`` (BrainGemma3D's interpretability, METHODS.md §B).
+Introduced in ``06_braingemma3d_evaluation`` (BrainGemma3D's interpretability, METHODS.md §B).
 
 1. **Supervoxels.** scikit-image's ``slic`` over the 3D volume, restricted to the brain mask
    (``n_segments`` about 20, compactness about 0.05 on z-scored intensities); label 0 is outside the brain.

@@ -125,7 +125,7 @@ def test_missing_notebooks_are_stated_with_their_reason(tmp_path):
     gone = {g["notebook"]: g["reason"] for g in results.missing(tmp_path, nbs)}
     assert gone["01_data_prep"] == "not run in this run"
     assert gone["02_clip_localisation"] == "timeout in this run"
-    assert gone["04_inflation"] == "not in this clone yet" and gone["09_brat_evaluation"] == "not in this clone yet"
+    assert gone["08_brat_pretraining"] == "not in this clone yet" and gone["09_brat_evaluation"] == "not in this clone yet"
     assert "00_quickstart" not in gone and "07_medvisionllama_segmentation" not in gone and "10_results" not in gone
     md = results.markdown(tmp_path, nbs)
     assert "| 02_clip_localisation | BrainMRI-GPT | timeout in this run |" in md

@@ -1,6 +1,6 @@
 """Clinical-entity F1 of generated reports: laterality, anatomy, pathology; healthy specificity.
 
-Introduced in ``06_report_evaluation`` (BrainGemma3D's clinical metrics). Entities are read from
+Introduced in ``06_braingemma3d_evaluation`` (BrainGemma3D's clinical metrics). Entities are read from
 the generated and the reference report by the same rule-based extractor,
 :func:`brainkit.data.reports.extract_findings` (sides, lobes/structures, pathology words with
 negation handled).

@@ -1,6 +1,6 @@
 """Report-generation metrics through the reference implementations.
 
-Introduced in ``06_report_evaluation`` (BrainGemma3D's table: BLEU-1/4, ROUGE-L, CIDEr, METEOR).
+Introduced in ``06_braingemma3d_evaluation`` (BrainGemma3D's table: BLEU-1/4, ROUGE-L, CIDEr, METEOR).
 
 - BLEU-1, BLEU-4 and CIDEr(-D): ``pycocoevalcap`` (the COCO caption evaluation code), corpus-level
   BLEU and CIDEr-D with document frequencies from the references of the evaluated set;

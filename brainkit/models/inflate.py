@@ -1,7 +1,7 @@
 """Inflating a pretrained 2D vision tower (SigLIP / MedSigLIP, CLIP) into a 3D one.
 
-Introduced in ``04_inflation`` (BrainGemma3D, METHODS.md §B); ``05_report_training`` and
-``06_report_evaluation`` use the inflated tower as the report generator's vision side.
+Introduced in ``04_inflating_encoders`` (BrainGemma3D, METHODS.md §B); ``05_braingemma3d_training`` and
+``06_braingemma3d_evaluation`` use the inflated tower as the report generator's vision side.
 
 A 2D ViT cuts an image into ``p x p`` patches with a ``Conv2d`` (kernel = stride = ``p``) and adds
 one learned position vector per patch. Inflation makes the patch embedding a ``Conv3d`` with a

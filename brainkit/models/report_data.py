@@ -1,6 +1,6 @@
 """The BrainGemma3D cohort: FLAIR volumes, reports, lesion side and splits, preprocessed once.
 
-Introduced in ``04_inflation``; ``05_report_training`` and ``06_report_evaluation`` load the same
+Introduced in ``04_inflating_encoders``; ``05_braingemma3d_training`` and ``06_braingemma3d_evaluation`` load the same
 cohort. The smoke profile generates BrainPhantom in the BraTS 2020 + TextBraTS layouts
 (:func:`brainkit.data.formats.ensure_phantom`); colab/full point the same readers at the real
 downloads. Each case goes through the card's chain (:func:`brainkit.data.transforms.gemma_transforms`:

@@ -1,7 +1,7 @@
 """Token compressors: many vision tokens in, a fixed small number out.
 
-Introduced in ``04_inflation`` (token counts per input size) and used by the report generator of
-``05_report_training`` (BrainGemma3D, METHODS.md §B). A 3D tower yields hundreds or thousands of
+Introduced in ``04_inflating_encoders`` (token counts per input size) and used by the report generator of
+``05_braingemma3d_training`` (BrainGemma3D, METHODS.md §B). A 3D tower yields hundreds or thousands of
 tokens; the language model gets 32.
 
 - :class:`PerceiverResampler` (the model card, default): ``L`` learned latent vectors cross-attend
