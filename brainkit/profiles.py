@@ -98,6 +98,7 @@ class Profile:
     gemma_lm_source: str = "tiny:gemma3"  # report LM; paper google/medgemma-1.5-4b-it (its language model)
     gemma_lm_4bit: bool = False  # NF4 + double quantisation (bitsandbytes); a tiny: random LM cannot be quantised
     gemma_lm_pretrain_steps: int = 300  # smoke only: next-token pre-training of the tiny LM on the training reports; 0 = none
+    gemma_lm_pretrain_lr: float = 0.003  # AdamW learning rate of that pre-training (smoke only; the card's LM comes pretrained)
     gemma_compressor: str = "perceiver"  # perceiver (card) | pool (released code)
     gemma_num_tokens: int = 32  # visual tokens after the compressor
     gemma_lora_rank: int = 4  # LoRA rank on q/k/v/o (card 4; released code 16)

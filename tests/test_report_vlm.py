@@ -155,3 +155,53 @@ def test_real_gemma3_270m_in_4bit_with_lora_trains_two_steps_and_generates():
     m.eval()
     out = m.generate_report(VOL[:1], max_new_tokens=6)
     assert len(out) == 1 and isinstance(out[0], str)
+
+
+def test_stage_checkpoint_round_trip_and_other_configuration_is_refused(tmp_path):
+    from brainkit.models.report_vlm import SliceTower2D
+
+    m = _vlm()
+    m.set_stage("phase2a")
+    with torch.no_grad():
+        m.projector[0].weight.add_(0.5)
+        m.vis_scale.fill_(3.0)
+    path = m.save_stage(tmp_path / "phase2a" / "stage.safetensors", step=7)
+    fresh = _vlm()
+    assert not torch.equal(fresh.projector[0].weight, m.projector[0].weight)
+    assert fresh.load_stage(path) == {"step": 7}
+    assert torch.equal(fresh.projector[0].weight, m.projector[0].weight) and float(fresh.vis_scale) == 3.0
+    assert torch.allclose(fresh.report_nll(VOL, REPORTS), m.report_nll(VOL, REPORTS))
+    # another configuration: 8 visual tokens, the pool compressor, LoRA added, another vision tower
+    for other in (_vlm(num_tokens=8), _vlm(compressor="pool")):
+        with pytest.raises(CheckpointError, match=r"stage\.safetensors.*another ReportVLM configuration"):
+            other.load_stage(path)
+    lora = _vlm()
+    lora.add_lora(rank=4)
+    with pytest.raises(CheckpointError, match=r"stage\.safetensors.*lora"):
+        lora.load_stage(path)
+    lm, tok = load_language_model("tiny:gemma3", seed=0)
+    v2d = load_model("tiny:siglip", kind="siglip_vision", seed=0, vision_image_size=32, vision_num_hidden_layers=1)
+    flat = ReportVLM(SliceTower2D(v2d), lm, tok, num_tokens=4)
+    with pytest.raises(CheckpointError, match=r"stage\.safetensors.*vision"):
+        flat.load_stage(path)
+    with pytest.raises(CheckpointError, match="not found"):
+        fresh.load_stage(tmp_path / "missing.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.safetensors"):
+        fresh.load_stage(tmp_path / "junk.safetensors")
+
+
+def test_slice_tower_reads_the_middle_slice():
+    from brainkit.models.report_vlm import SliceTower2D
+
+    v2d = load_model("tiny:siglip", kind="siglip_vision", seed=0, vision_image_size=32, vision_num_hidden_layers=1)
+    tower = SliceTower2D(v2d).eval()
+    vol = VOL.clone()
+    out = tower(vol)
+    assert out.shape[0] == 2 and out.shape[-1] == tower.hidden_size
+    vol[:, :, 0] += 5.0  # another slice changes nothing
+    assert torch.equal(tower(vol), out)
+    vol[:, :, vol.shape[2] // 2] += 1.0
+    assert not torch.allclose(tower(vol), out)
+    with pytest.raises(DataError, match="5D"):
+        tower(torch.randn(32, 32))

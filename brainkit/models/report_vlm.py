@@ -1,7 +1,7 @@
 """The report generator of BrainGemma3D: 3D vision tower -> compressor -> projector -> causal LM.
 
-Introduced in ``05_report_training`` (the three training stages) and evaluated in
-``06_report_evaluation`` (METHODS.md §B, the model card in the seeds).
+Introduced in ``05_braingemma3d_training`` (the three training stages) and evaluated in
+``06_braingemma3d_evaluation`` (METHODS.md §B, the model card in the seeds).
 
 ::
 
@@ -37,13 +37,13 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..losses import info_nce
 from .inflate import check_volume
 from .resampler import make_compressor
 
-__all__ = ["ReportVLM", "load_language_model", "lora_config", "CANONICAL_PROMPT", "GENERATION", "LORA_TARGETS",
-           "STAGES"]
+__all__ = ["ReportVLM", "SliceTower2D", "load_language_model", "lora_config", "CANONICAL_PROMPT", "GENERATION",
+           "LORA_TARGETS", "STAGES"]
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,31 @@ def load_language_model(source: str, *, quantize_4bit: bool = False, cache_dir: 
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return lm, tok
+
+
+class SliceTower2D(nn.Module):
+    """The card's 2D-slice baseline as a vision tower: the middle axial slice of each volume through a 2D
+    transformers vision model (``SiglipVisionModel`` / ``CLIPVisionModel``), its patch tokens out.
+
+    Same interface as the inflated tower (``forward(volume (B, 1, D, H, W)) -> (B, N, dim)``, ``hidden_size``), so
+    :class:`ReportVLM` uses it unchanged. A one-channel slice is repeated over the model's input channels.
+    Introduced in ``05_braingemma3d_training`` (trained there beside the 3D model), evaluated in ``06``.
+    """
+
+    def __init__(self, model2d: nn.Module):
+        super().__init__()
+        self.model = getattr(model2d, "vision_model", model2d)
+        cfg = getattr(model2d, "config", None)
+        cfg = getattr(cfg, "vision_config", cfg)
+        self.hidden_size = int(cfg.hidden_size)
+        self.channels = int(getattr(cfg, "num_channels", 1))
+
+    def forward(self, volume: torch.Tensor) -> torch.Tensor:
+        volume = check_volume(volume)
+        mid = volume[:, :, volume.shape[2] // 2]
+        if self.channels != 1:
+            mid = mid.expand(-1, self.channels, -1, -1)
+        return self.model(pixel_values=mid).last_hidden_state
 
 
 class ReportVLM(nn.Module):
@@ -169,6 +194,82 @@ class ReportVLM(nn.Module):
                     p.requires_grad_(True)
         self.stage = stage
         return [n for n, p in self.named_parameters() if p.requires_grad]
+
+    # -- stage checkpoints ---------------------------------------------------------------------
+    def _config(self) -> dict[str, Any]:
+        return {"vision": type(self.vision).__name__, "d_vision": int(self.vision.hidden_size), "d_lm": self.d_lm,
+                "num_tokens": self.num_tokens, "compressor": type(self.compressor).__name__,
+                "vocab_size": int(self._embed.weight.shape[0]), "lora": self.has_lora}
+
+    def stage_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything a training stage can change: the tower, compressor, projector, ``vis_scale`` and the LoRA
+        adapters (the frozen LM base is not included), plus the persistent buffers of the vision side."""
+        keep = ("vision.", "compressor.", "projector.", "vis_scale")
+        sd = self.state_dict()
+        return {k: v.detach().to("cpu").clone().contiguous() for k, v in sd.items()
+                if k.startswith(keep) or "lora_" in k}
+
+    def save_stage(self, path: Any, **metadata: Any) -> Any:
+        """Write :meth:`stage_tensors` to ``path`` (safetensors, atomically) with this model's configuration,
+        so :meth:`load_stage` can refuse a checkpoint of another configuration. Returns the path."""
+        import json
+        import os
+        import tempfile
+        from pathlib import Path
+
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"format": "pt", "brainkit_vlm": json.dumps(self._config()), "brainkit_meta": json.dumps(metadata)}
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file(self.stage_tensors(), tmp, metadata=meta)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def load_stage(self, path: Any) -> dict[str, Any]:
+        """Load a checkpoint written by :meth:`save_stage`; returns its metadata.
+
+        A missing or unreadable file, a checkpoint of another configuration (visual tokens, compressor, vision
+        width, LM width or vocabulary, with or without LoRA) or with other tensor names / shapes raises
+        :class:`~brainkit.errors.CheckpointError` naming the file and the difference.
+        """
+        import json
+        from pathlib import Path
+
+        from safetensors import SafetensorError, safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: stage checkpoint not found")
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+            saved = json.loads(meta["brainkit_vlm"])
+        except (SafetensorError, OSError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{path}: not a ReportVLM stage checkpoint ({exc})") from exc
+        own_cfg = self._config()
+        diff = [f"{k}: checkpoint {saved.get(k)!r} vs model {v!r}" for k, v in own_cfg.items() if saved.get(k) != v]
+        if diff:
+            raise CheckpointError(f"{path}: the checkpoint was written by another ReportVLM configuration: "
+                                  + "; ".join(diff))
+        own = self.stage_tensors()
+        bad = sorted(set(own) ^ set(tensors)) + [k for k in own if k in tensors and own[k].shape != tensors[k].shape]
+        if bad:
+            raise CheckpointError(f"{path}: the checkpoint's tensors do not match this model ({len(bad)} differ, "
+                                  f"e.g. {', '.join(bad[:3])})")
+        sd = self.state_dict()
+        with torch.no_grad():
+            for k, v in tensors.items():
+                sd[k].copy_(v.to(sd[k].device, sd[k].dtype))
+        return json.loads(meta.get("brainkit_meta", "{}"))
 
     # -- embeddings ---------------------------------------------------------------------------
     @property
@@ -248,7 +349,7 @@ class ReportVLM(nn.Module):
     @torch.no_grad()
     def report_nll(self, volume: torch.Tensor, reports: Sequence[str]) -> torch.Tensor:
         """Per-sample mean negative log-likelihood of each report given its volume, ``(B,)``
-        (the score of 3D LIME in ``06_report_evaluation``)."""
+        (the score of 3D LIME in ``06_braingemma3d_evaluation``)."""
         inputs = self.build_inputs(volume, reports)
         labels = inputs.pop("labels")
         logits = self.lm(**inputs).logits[:, :-1].float()
