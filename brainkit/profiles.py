@@ -92,7 +92,7 @@ class Profile:
     gemma_depth_stride: int = 4  # depth stride; released code 1 (overlapping slabs)
     gemma_init: str = "centre"  # centre (card) | mean (released code, I3D)
     gemma_pos: str = "interpolate"  # interpolate (pretrained 2D grid + depth) | fixed (released code)
-    gemma_probe_steps: int = 160  # 3D fine-tune steps of the laterality probe (notebook 04)
+    gemma_probe_steps: int = 300  # 3D fine-tune steps of the laterality probe (notebook 04; the issue measured at 300)
     gemma_probe_batch: int = 16  # volumes per probe step
     gemma_probe_lr: float = 0.0005  # probe fine-tune AdamW learning rate
     gemma_lm_source: str = "tiny:gemma3"  # report LM; paper google/medgemma-1.5-4b-it (its language model)
