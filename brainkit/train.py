@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 from .errors import CheckpointError, ConfigError
 
 __all__ = ["fit", "FitResult", "TrainState", "save_weights", "load_weights", "to_device",
-           "atomic_write_text"]
+           "atomic_write_text", "atomic_save_tensors"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,10 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
-def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                        metadata: dict[str, str] | None = None) -> Path:
+    """Write ``tensors`` as safetensors to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -80,6 +83,7 @@ def _atomic_save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return path
 
 
 def to_device(batch: Any, device: torch.device | str) -> Any:
@@ -139,7 +143,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: Mapping[st
     path = Path(path)
     meta = {"format": "pt", "brainkit_fingerprint": _fingerprint(model),
             "brainkit_meta": json.dumps(dict(metadata or {}))}
-    _atomic_save_tensors(_weight_tensors(model), path, meta)
+    atomic_save_tensors(_weight_tensors(model), path, meta)
     return path
 
 
@@ -471,7 +475,7 @@ def fit(
                 "best_epoch": state.best_epoch, "bad_epochs": state.bad_epochs, "finished": state.finished,
                 "stopped_early": state.stopped_early, "history": state.history,
             }
-            _atomic_save_tensors(tensors, last_path, {"format": "pt", _STATE_KEY: json.dumps(saved)})
+            atomic_save_tensors(tensors, last_path, {"format": "pt", _STATE_KEY: json.dumps(saved)})
             atomic_write_text(out / "history.json", json.dumps(state.history, indent=1))
         acc.wait_for_everyone()
 

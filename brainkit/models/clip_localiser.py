@@ -23,12 +23,9 @@ tensors in ``[0, 1]`` (one channel is repeated to RGB) and are normalised with C
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cache import building_folder, fingerprint
 from ..errors import ConfigError, DataError
 from .factory import parse_source, spread_layers
 
@@ -529,16 +527,6 @@ def pretrain_contrastive(clip: nn.Module, tokenizer: Any, images: torch.Tensor, 
     return result
 
 
-def _fingerprint(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, torch.Tensor):
-            h.update(p.detach().cpu().contiguous().numpy().tobytes())
-        else:
-            h.update(json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
-
-
 def standin_clip(images: torch.Tensor, captions: Sequence[str], *, cache_dir: str | os.PathLike,
                  source: str = "tiny:clip", patch_size: int | None = None, steps: int = 300,
                  batch_size: int = 32, lr: float = 1e-3, seed: int = 0, **overrides: Any):
@@ -553,7 +541,7 @@ def standin_clip(images: torch.Tensor, captions: Sequence[str], *, cache_dir: st
     from .factory import load_tokenizer
 
     size = int(images.shape[-1])
-    key = _fingerprint(images, list(captions), source, patch_size, steps, batch_size, lr, seed, overrides)
+    key = fingerprint(images, list(captions), source, patch_size, steps, batch_size, lr, seed, overrides)
     folder = Path(cache_dir).expanduser() / "clip_standin" / key
     tok = load_tokenizer(source)
     if (folder / "brainkit_standin.json").is_file():
@@ -562,16 +550,8 @@ def standin_clip(images: torch.Tensor, captions: Sequence[str], *, cache_dir: st
         return clip, tok, None
     clip, tok = load_clip(source, image_size=size, patch_size=patch_size, seed=seed, **overrides)
     result = pretrain_contrastive(clip, tok, images, captions, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=folder.parent))
-    try:
+    with building_folder(folder) as tmp:
         clip.save_pretrained(tmp)
         (tmp / "brainkit_standin.json").write_text(json.dumps({"source": source, "steps": steps, "lr": lr,
                                                                 "best_val_loss": result.best_metric}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return clip.eval(), tok, result.history

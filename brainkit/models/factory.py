@@ -25,7 +25,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ..cache import building_folder
 from ..errors import CheckpointError, ConfigError, MissingAssetError
 
 __all__ = [
@@ -363,9 +363,7 @@ def offline_folder(name: str, cache_dir: str | os.PathLike | None = None) -> Pat
     if target.exists():  # a folder without the marker is not ours or is incomplete
         raise CheckpointError(f"{target}: exists but has no {_MARKER}; expected a finished brainkit "
                               f"conversion of offline:{name} (delete the folder to convert again)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
-    try:
+    with building_folder(target, replace=False) as tmp:
         t0 = time.perf_counter()
         if name == "smollm2-135m":
             ggufs = sorted(pkg.glob("*.gguf"))
@@ -382,10 +380,6 @@ def offline_folder(name: str, cache_dir: str | os.PathLike | None = None) -> Pat
             shutil.rmtree(tmp / "src", ignore_errors=True)
         (tmp / _MARKER).write_text(json.dumps({"source": f"offline:{name}", "package": spec.package,
                                                "seconds": round(time.perf_counter() - t0, 1)}))
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("offline:%s converted into %s in %.0f s", name, target, time.perf_counter() - t0)
     return target
 

@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..errors import DataError
+from ..train import atomic_save_tensors, atomic_write_text
 
 __all__ = ["load_cohort", "SIDES", "flip_lr", "swap_sides"]
 
@@ -111,11 +112,8 @@ def load_cohort(cfg: Any, data_dir: str | os.PathLike, cache_dir: str | os.PathL
             vols.append(img)
             segs.append(lab.to(torch.uint8))
         tensors = {"volumes": torch.stack(vols), "labels": torch.stack(segs)}
-        cache.mkdir(parents=True, exist_ok=True)
-        tmp = vol_path.with_suffix(".tmp")
-        save_file(tensors, str(tmp))
-        os.replace(tmp, vol_path)
-        meta_path.write_text(json.dumps(records))
+        atomic_save_tensors(tensors, vol_path)
+        atomic_write_text(meta_path, json.dumps(records))  # written last: the cache counts only with both files
     splits = manifests.make_splits(records, group_key="patient_id", stratify_key="laterality",
                                    fractions={"train": 0.7, "val": 0.1, "test": 0.2}, seed=seed)
     manifests.check_no_leak(splits, "patient_id")

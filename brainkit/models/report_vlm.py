@@ -213,24 +213,11 @@ class ReportVLM(nn.Module):
         """Write :meth:`stage_tensors` to ``path`` (safetensors, atomically) with this model's configuration,
         so :meth:`load_stage` can refuse a checkpoint of another configuration. Returns the path."""
         import json
-        import os
-        import tempfile
-        from pathlib import Path
 
-        from safetensors.torch import save_file
+        from ..train import atomic_save_tensors
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"format": "pt", "brainkit_vlm": json.dumps(self._config()), "brainkit_meta": json.dumps(metadata)}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file(self.stage_tensors(), tmp, metadata=meta)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_save_tensors(self.stage_tensors(), path, meta)
 
     def load_stage(self, path: Any) -> dict[str, Any]:
         """Load a checkpoint written by :meth:`save_stage`; returns its metadata.

@@ -25,12 +25,9 @@ label a side). The trained tower is cached under ``<cache_dir>/siglip_standin/<f
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +35,7 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
+from ..cache import building_folder, fingerprint
 from ..errors import DataError
 
 __all__ = ["slice_set", "SliceHeads", "pretrain_slices", "standin_siglip"]
@@ -160,16 +158,6 @@ def pretrain_slices(tower: nn.Module, images: torch.Tensor, side: torch.Tensor, 
     return result
 
 
-def _fingerprint(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, torch.Tensor):
-            h.update(p.detach().cpu().contiguous().numpy().tobytes())
-        else:
-            h.update(json.dumps(p, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
-
-
 def standin_siglip(volumes: torch.Tensor, labels: torch.Tensor, train_index: Any, *,
                    cache_dir: str | os.PathLike, source: str = "tiny:siglip", patch_size: int = 8,
                    steps: int = 2000, batch_size: int = 32, lr: float = 2e-3, seed: int = 0):
@@ -187,7 +175,7 @@ def standin_siglip(volumes: torch.Tensor, labels: torch.Tensor, train_index: Any
         return load_model(source, kind="siglip_vision", seed=seed, vision_patch_size=patch_size,
                           vision_image_size=image_size).eval(), None
     x, side, les = slice_set(volumes, labels, train_index)
-    key = _fingerprint(x, side, les, source, patch_size, steps, batch_size, lr, seed)
+    key = fingerprint(x, side, les, source, patch_size, steps, batch_size, lr, seed)
     folder = Path(cache_dir).expanduser() / "siglip_standin" / key
     if (folder / "brainkit_standin.json").is_file():
         log.info("stand-in SigLIP loaded from %s", folder)
@@ -195,17 +183,9 @@ def standin_siglip(volumes: torch.Tensor, labels: torch.Tensor, train_index: Any
     tower = load_model(source, kind="siglip_vision", seed=seed, vision_patch_size=patch_size,
                        vision_image_size=image_size)
     result = pretrain_slices(tower, x, side, les, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=folder.parent))
-    try:
+    with building_folder(folder) as tmp:
         tower.save_pretrained(tmp)
         (tmp / "brainkit_standin.json").write_text(json.dumps({"source": source, "steps": steps, "lr": lr,
                                                                 "val_side_recall": result.history["epochs"][-1]
                                                                 .get("val_side_recall")}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return tower.eval(), result.history

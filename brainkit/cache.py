@@ -1,0 +1,57 @@
+"""Content-addressed cache folders: a fingerprint of the inputs, and a folder written whole or not at all.
+
+The smoke stand-ins (``standin_clip``, ``standin_siglip``) and the offline model conversions are cached under
+``<cache_dir>/<kind>/<key>``. A folder is built in a temporary sibling and renamed into place when complete,
+so an interrupted run never leaves a half-written model where the next run would load it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["fingerprint", "building_folder"]
+
+
+def fingerprint(*parts: Any) -> str:
+    """16 hex digits of a SHA-256 over ``parts``: tensors by their bytes, everything else as sorted JSON.
+
+    Two calls agree exactly when every tensor has the same bytes (dtype and layout included, after
+    ``contiguous``) and every other part the same JSON, so any change of data or setting gives a new key.
+    """
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, torch.Tensor):
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+@contextmanager
+def building_folder(folder: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary folder beside ``folder``; on success it is renamed to ``folder``, on any error deleted.
+
+    ``replace``: an existing ``folder`` is removed first (a cache entry being rebuilt); with ``replace=False``
+    the rename fails instead of overwriting.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield tmp
+        if replace and folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
