@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from .errors import CheckpointError, ConfigError
 
-__all__ = ["fit", "FitResult", "TrainState", "save_weights", "load_weights", "to_device",
+__all__ = ["fit", "FitResult", "TrainState", "StopAtStep", "save_weights", "load_weights", "to_device",
            "atomic_write_text", "atomic_save_tensors"]
 
 log = logging.getLogger(__name__)
@@ -287,6 +287,23 @@ class FitResult:
     def last(self) -> dict:
         """The last epoch's record (train loss, validation metrics, time)."""
         return self.history["epochs"][-1] if self.history["epochs"] else {}
+
+
+class StopAtStep:
+    """A callback that interrupts :func:`fit` after ``step`` steps (``0``: never), as a Colab disconnect or a
+    kernel interrupt would: it raises ``KeyboardInterrupt`` at the end of that step, before the step's own
+    checkpoint, so a second run with ``resume=True`` continues from the last checkpoint written before it (the
+    notebooks use it to show resuming)."""
+
+    def __init__(self, step: int):
+        if int(step) < 0:
+            raise ValueError(f"StopAtStep: step must be >= 0 (0 = never), got {step}")
+        self.step = int(step)
+
+    def on_step_end(self, state: TrainState) -> None:
+        if self.step and state.global_step == self.step:
+            raise KeyboardInterrupt(f"interrupted after step {state.global_step} (STOP_AT_STEP); "
+                                    "run the notebook again with RESUME=True")
 
 
 def _call(callbacks: Iterable[Any], hook: str, state: TrainState) -> None:

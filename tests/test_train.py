@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from brainkit.env import seed_everything
 from brainkit.errors import CheckpointError, ConfigError
-from brainkit.train import fit, load_weights, save_weights
+from brainkit.train import StopAtStep, fit, load_weights, save_weights
 
 SCRIPT = Path(__file__).parent / "scripts" / "toy_fit.py"
 
@@ -148,6 +148,22 @@ def test_resume_refuses_other_configuration(tmp_path):
     with pytest.raises(CheckpointError, match="another model configuration"):
         fit(other, DataLoader(data(), batch_size=8), loss_fn=lambda m, b: m(b[0]).mean(),
             optimizer=torch.optim.SGD(other.parameters(), lr=0.1), epochs=2, out_dir=tmp_path, resume=True)
+
+
+def test_stop_at_step_interrupts_then_resume_finishes(tmp_path):
+    model, opt = make()
+    loader = DataLoader(data(), batch_size=8)  # 8 steps per epoch
+    with pytest.raises(KeyboardInterrupt, match="after step 6"):
+        fit(model, loader, loss_fn=loss_fn, optimizer=opt, epochs=2, out_dir=tmp_path, save_every_steps=4,
+            callbacks=[StopAtStep(6)])
+    assert not (tmp_path / "history.json").exists() or json.loads((tmp_path / "history.json").read_text())["epochs"] == []
+    model, opt = make()
+    res = fit(model, loader, loss_fn=loss_fn, optimizer=opt, epochs=2, out_dir=tmp_path, resume=True,
+              callbacks=[StopAtStep(0)])  # 0: never
+    assert res.resumed_from is not None and res.resumed_from["global_step"] == 4  # the checkpoint before step 6
+    assert len(res.history["epochs"]) == 2
+    with pytest.raises(ValueError, match=">= 0"):
+        StopAtStep(-1)
 
 
 def _run(args, **kw):
