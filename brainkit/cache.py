@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["fingerprint", "building_folder"]
+__all__ = ["fingerprint", "building_folder", "publish"]
 
 
 def fingerprint(*parts: Any) -> str:
@@ -35,6 +35,16 @@ def fingerprint(*parts: Any) -> str:
         else:
             h.update(json.dumps(p, sort_keys=True, default=str).encode())
     return h.hexdigest()[:16]
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """Rename the finished temporary file ``tmp`` onto ``path`` (atomic within a folder), first giving it the
+    permissions a plain ``open(path, "w")`` would have (``tempfile.mkstemp`` makes files owner-only)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
+    os.replace(tmp, path)
+    return Path(path)
 
 
 @contextmanager

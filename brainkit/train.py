@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cache import publish
 from .errors import CheckpointError, ConfigError
 
 __all__ = ["fit", "FitResult", "TrainState", "StopAtStep", "save_weights", "load_weights", "to_device",
@@ -63,7 +64,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -79,7 +80,7 @@ def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLik
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -1,11 +1,16 @@
-"""brainkit.cache: cache keys and cache folders that are written whole or not at all."""
+"""brainkit.cache: cache keys, cache folders written whole or not at all, files published with ordinary permissions."""
 
+import os
+import stat
+
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from brainkit.cache import building_folder, fingerprint
-from brainkit.train import atomic_save_tensors
+from brainkit.data import formats
+from brainkit.train import atomic_save_tensors, atomic_write_text
 
 
 def test_fingerprint_changes_with_any_input():
@@ -63,7 +68,19 @@ def test_building_folder_replace(tmp_path):
 def test_atomic_save_tensors_round_trip_and_no_leftovers(tmp_path):
     path = atomic_save_tensors({"w": torch.ones(2, 3)}, tmp_path / "sub" / "stage.safetensors", {"k": "v"})
     assert torch.equal(load_file(str(path))["w"], torch.ones(2, 3))
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError):
         atomic_save_tensors({"w": "not a tensor"}, path)  # safetensors refuses it mid-write
     assert torch.equal(load_file(str(path))["w"], torch.ones(2, 3))  # the old file is intact
     assert sorted(p.name for p in path.parent.iterdir()) == ["stage.safetensors"]
+
+
+def test_atomic_writers_give_ordinary_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        written = [atomic_write_text(tmp_path / "metrics.json", "{}"),
+                   atomic_save_tensors({"w": torch.ones(1)}, tmp_path / "w.safetensors"),
+                   formats.save_volume(tmp_path / "t1.nii.gz", np.zeros((4, 4, 4), np.float32), np.eye(4))]
+    finally:
+        os.umask(old)
+    for p in written:  # as open(..., "w") would make them, not mkstemp's owner-only 0600
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p

@@ -57,6 +57,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 
+from ..cache import publish
 from ..errors import ConfigError, DataError
 from .labels import brats_to_msd, check_labels, laterality, msd_to_brats, tumour_core, whole_tumour
 from .subject import CONTRASTS, Subject
@@ -270,7 +271,7 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> Path:
     tmp = _atomic_target(path)
     try:
         write(tmp)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
