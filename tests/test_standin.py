@@ -5,6 +5,7 @@ import torch
 
 from brainkit.errors import DataError
 from brainkit.models import standin
+from brainkit.models.factory import load_model
 
 
 def _cohort(n=6, d=8, s=32):
@@ -49,3 +50,31 @@ def test_standin_trains_caches_and_reloads(tmp_path):
     assert none is None
     assert not torch.equal(rand.embeddings.patch_embedding.weight, t1.embeddings.patch_embedding.weight)
     assert len(list((tmp_path / "siglip_standin").iterdir())) == 1  # steps=0 is not cached
+
+
+def test_standin_keeps_its_heads_and_rebuilds_an_entry_without_them(tmp_path):
+    vol, lab = _cohort(n=8)
+    lab[4:6] = lab[0:2]
+    kw = dict(cache_dir=tmp_path, patch_size=8, steps=6, batch_size=8, lr=1e-3, seed=0)
+    fresh = standin.SliceHeads(64, 16)  # 32-px slices, 8-px patches: a 4x4 grid
+    tower, heads, hist = standin.standin_siglip(vol, lab, list(range(8)), with_heads=True, **kw)
+    assert hist is not None and isinstance(heads, standin.SliceHeads) and not heads.training
+    assert not torch.equal(heads.side.weight, fresh.side.weight)  # trained, not a new head
+    _, again, hist2 = standin.standin_siglip(vol, lab, list(range(8)), with_heads=True, **kw)
+    assert hist2 is None
+    for (n, a), (_, b) in zip(heads.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), n
+    folder = next((tmp_path / "siglip_standin").iterdir())
+    (folder / "slice_heads.safetensors").unlink()  # an entry from before the heads were kept
+    _, _, hist3 = standin.standin_siglip(vol, lab, list(range(8)), with_heads=True, **kw)
+    assert hist3 is not None and (folder / "slice_heads.safetensors").is_file()
+    _, rand_heads, none = standin.standin_siglip(vol, lab, list(range(8)), with_heads=True, **{**kw, "steps": 0})
+    assert none is None and rand_heads.side.in_features == 16 * 4
+
+
+def test_pretrain_slices_refuses_heads_of_another_grid():
+    vol, lab = _cohort(n=8)
+    x, side, les = standin.slice_set(vol, lab, list(range(8)))
+    tower = load_model("tiny:siglip", kind="siglip_vision", seed=0, vision_patch_size=8, vision_image_size=x.shape[-1])
+    with pytest.raises(DataError, match="heads"):
+        standin.pretrain_slices(tower, x, side, les, steps=2, heads=standin.SliceHeads(64, 64))

@@ -75,7 +75,8 @@ def slice_set(volumes: torch.Tensor, labels: torch.Tensor, index: Any, *, end_fr
 class SliceHeads(nn.Module):
     """The stand-in's two training heads on the tower's patch tokens ``(B, N, dim)``: a per-token lesion logit
     ``(B, N)`` and a position-aware side classifier ``(B, 3)`` (a ``k``-dim projection of every token,
-    flattened in grid order, then a linear layer). Discarded after pretraining: only the tower is kept."""
+    flattened in grid order, then a linear layer). Cached beside the tower: notebook 04 applies the side head
+    to every depth slab of the inflated tower's tokens, the 2D classifier read in 3D before any 3D training."""
 
     def __init__(self, dim: int, num_tokens: int, k: int = 4):
         super().__init__()
@@ -99,11 +100,12 @@ class _Pretrainer(nn.Module):
 def pretrain_slices(tower: nn.Module, images: torch.Tensor, side: torch.Tensor, lesion: torch.Tensor, *,
                     steps: int, batch_size: int = 32, lr: float = 2e-3, weight_decay: float = 0.01,
                     token_fraction: float = 0.1, pos_weight: float = 5.0, seed: int = 0,
-                    val_fraction: float = 0.1):
+                    val_fraction: float = 0.1, heads: SliceHeads | None = None):
     """Train a 2D ``SiglipVisionModel`` ``tower`` in place on slices (:func:`slice_set`) with the per-token
     lesion loss plus the side loss, through :func:`brainkit.train.fit` (AdamW, one-cycle schedule). The
-    validation metric is the side classifier's balanced recall (``val_side_recall``). Returns the
-    :class:`~brainkit.train.FitResult`."""
+    validation metric is the side classifier's balanced recall (``val_side_recall``). ``heads``: the
+    :class:`SliceHeads` to train with the tower (new ones when ``None``; pass your own to keep them). Returns
+    the :class:`~brainkit.train.FitResult`."""
     from torch.utils.data import DataLoader, Subset, TensorDataset, WeightedRandomSampler
 
     from ..train import fit
@@ -112,7 +114,11 @@ def pretrain_slices(tower: nn.Module, images: torch.Tensor, side: torch.Tensor, 
         raise DataError(None, "images", "at least 8 slices", images.shape[0])
     patch = int(tower.config.patch_size)
     grid = images.shape[-1] // patch
-    heads = SliceHeads(int(tower.config.hidden_size), grid * grid)
+    if heads is None:
+        heads = SliceHeads(int(tower.config.hidden_size), grid * grid)
+    elif heads.side.in_features != grid * grid * heads.proj.out_features:
+        raise DataError(None, "heads", f"SliceHeads for a {grid}x{grid} token grid",
+                        f"a side head of {heads.side.in_features} inputs")
     model = _Pretrainer(tower, heads)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(images.shape[0], generator=g)
@@ -158,34 +164,57 @@ def pretrain_slices(tower: nn.Module, images: torch.Tensor, side: torch.Tensor, 
     return result
 
 
+_HEADS_FILE = "slice_heads.safetensors"
+
+
 def standin_siglip(volumes: torch.Tensor, labels: torch.Tensor, train_index: Any, *,
                    cache_dir: str | os.PathLike, source: str = "tiny:siglip", patch_size: int = 8,
-                   steps: int = 2000, batch_size: int = 32, lr: float = 2e-3, seed: int = 0):
+                   steps: int = 2000, batch_size: int = 32, lr: float = 2e-3, seed: int = 0,
+                   with_heads: bool = False):
     """The stand-in pretrained 2D tower: :func:`pretrain_slices` on the training volumes' slices, cached.
 
     Returns ``(tower, history)``: a 2D ``SiglipVisionModel`` in eval mode, and the fit history (``None`` when
-    it came from the cache). ``steps=0`` returns the random tower (no pretraining), uncached.
+    it came from the cache); with ``with_heads=True``, ``(tower, heads, history)`` where ``heads`` are the
+    trained :class:`SliceHeads`. ``steps=0`` returns the random tower (and random heads), uncached. A cache
+    entry written before the heads were kept is trained again.
     """
+    from safetensors.torch import load_file, save_file
     from transformers import SiglipVisionModel
 
     from .factory import load_model
 
     image_size = int(volumes.shape[-1])
+
+    def new_heads(tower):  # seeded, without touching the global random state
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return SliceHeads(int(tower.config.hidden_size), (image_size // int(tower.config.patch_size)) ** 2)
+
+    def out(tower, heads, history):
+        return (tower, heads.eval(), history) if with_heads else (tower, history)
+
     if steps <= 0:
-        return load_model(source, kind="siglip_vision", seed=seed, vision_patch_size=patch_size,
-                          vision_image_size=image_size).eval(), None
+        tower = load_model(source, kind="siglip_vision", seed=seed, vision_patch_size=patch_size,
+                           vision_image_size=image_size).eval()
+        return out(tower, new_heads(tower), None)
     x, side, les = slice_set(volumes, labels, train_index)
     key = fingerprint(x, side, les, source, patch_size, steps, batch_size, lr, seed)
     folder = Path(cache_dir).expanduser() / "siglip_standin" / key
-    if (folder / "brainkit_standin.json").is_file():
+    if (folder / "brainkit_standin.json").is_file() and (folder / _HEADS_FILE).is_file():
         log.info("stand-in SigLIP loaded from %s", folder)
-        return SiglipVisionModel.from_pretrained(folder, local_files_only=True).eval(), None
+        tower = SiglipVisionModel.from_pretrained(folder, local_files_only=True).eval()
+        heads = new_heads(tower)
+        heads.load_state_dict(load_file(str(folder / _HEADS_FILE)))
+        return out(tower, heads, None)
     tower = load_model(source, kind="siglip_vision", seed=seed, vision_patch_size=patch_size,
                        vision_image_size=image_size)
-    result = pretrain_slices(tower, x, side, les, steps=steps, batch_size=batch_size, lr=lr, seed=seed)
+    heads = new_heads(tower)
+    result = pretrain_slices(tower, x, side, les, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                             heads=heads)
     with building_folder(folder) as tmp:
         tower.save_pretrained(tmp)
+        save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(tmp / _HEADS_FILE))
         (tmp / "brainkit_standin.json").write_text(json.dumps({"source": source, "steps": steps, "lr": lr,
                                                                 "val_side_recall": result.history["epochs"][-1]
                                                                 .get("val_side_recall")}))
-    return tower.eval(), result.history
+    return out(tower.eval(), heads, result.history)
