@@ -48,18 +48,15 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
 
 
 @contextmanager
-def building_folder(folder: str | os.PathLike, *, replace: bool = True) -> Iterator[Path]:
-    """Yield a temporary folder beside ``folder``; on success it is renamed to ``folder``, on any error deleted.
-
-    ``replace``: an existing ``folder`` is removed first (a cache entry being rebuilt); with ``replace=False``
-    the rename fails instead of overwriting.
-    """
+def building_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``folder``; on success it is renamed to ``folder`` (an existing one, a cache
+    entry being rebuilt, is removed first), on any error deleted."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         yield tmp
-        if replace and folder.exists():
+        if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
     except BaseException:

@@ -22,9 +22,9 @@ NOTEBOOKS = {p.name[:2]: p for p in runner.list_notebooks(ROOT / "notebooks")}
 # "09": {"STEPS": 40}; it must be committed (every notebook listed here must exist: none is skipped).
 REPEATED = {
     "00": {},
-    "02": {"CLIP_EPOCHS": 2},
+    "02": {"CLIP_EPOCHS": 2},  # a cold cache pretrains the stand-in CLIP in the first run (~1.5 min); the rest read it
     "04": {"PROBE_STEPS": 8},  # the stand-in SigLIP comes from the cache after the first run; 8 fine-tune steps each
-    "05": {"PHASE1_STEPS": 4, "PHASE2A_STEPS": 4, "PHASE2B_STEPS": 4, "BASELINE_2D": False},  # LM pre-training kept  # a cold cache pretrains the stand-in CLIP in the first run (~1.5 min); the rest read it
+    "05": {"PHASE1_STEPS": 4, "PHASE2A_STEPS": 4, "PHASE2B_STEPS": 4, "BASELINE_2D": False},  # LM pre-training kept
     "07": {"STEPS": 16, "EVAL_EVERY": 8},  # 16 steps per comparison run, validation + checkpoint every 8 (the
     # 10%-data runs keep the profile's 100 steps), two seeds
 }

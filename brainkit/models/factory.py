@@ -363,7 +363,7 @@ def offline_folder(name: str, cache_dir: str | os.PathLike | None = None) -> Pat
     if target.exists():  # a folder without the marker is not ours or is incomplete
         raise CheckpointError(f"{target}: exists but has no {_MARKER}; expected a finished brainkit "
                               f"conversion of offline:{name} (delete the folder to convert again)")
-    with building_folder(target, replace=False) as tmp:
+    with building_folder(target) as tmp:  # target absent: checked above
         t0 = time.perf_counter()
         if name == "smollm2-135m":
             ggufs = sorted(pkg.glob("*.gguf"))
