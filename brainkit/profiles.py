@@ -48,7 +48,6 @@ class Profile:
     data_source: str = "phantom"  # phantom | real
     data_subjects: int = 400  # phantom subjects generated once per run, all layouts (>= 60 test subjects in 2D sets)
     data_jobs: int = 2  # processes generating the phantom (capped by the CPU count)
-    data_healthy_fraction: float = 0.25  # fraction of phantom subjects without a lesion
     data_volume_shape: tuple[int, int, int] = (64, 64, 48)  # phantom grid (X, Y, Z) in RAS voxel order
     data_slice_size: int = 128  # 2D slice side in pixels
     # Method input sizes as the papers state them, (D, H, W) = (axial slices, rows, columns);

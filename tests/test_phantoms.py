@@ -157,7 +157,7 @@ def test_bad_arguments():
     with pytest.raises(ConfigError, match="shape"):
         generate_subject(0, shape=(4, 64, 64))
     with pytest.raises(ConfigError, match="lesion_type"):
-        generate_subject(0, shape=(32, 32, 24), lesion_type="pituitary")
+        generate_subject(0, shape=(32, 32, 24), lesion_type="ependymoma")
     with pytest.raises(ConfigError, match="healthy_fraction"):
         generate_cohort(4, healthy_fraction=1.5)
     with pytest.raises(ConfigError, match="n"):

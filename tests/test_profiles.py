@@ -14,8 +14,8 @@ def test_three_profiles_frozen():
 
 
 def test_override_single_field_leaves_base_untouched():
-    cfg = profiles.resolve("smoke", data_subjects=7, data_healthy_fraction=0.5)
-    assert cfg.data_subjects == 7 and cfg.data_healthy_fraction == 0.5
+    cfg = profiles.resolve("smoke", data_subjects=7, data_msd_spacing_mm=2.5)
+    assert cfg.data_subjects == 7 and cfg.data_msd_spacing_mm == 2.5
     assert profiles.resolve("smoke").data_subjects == profiles.SMOKE.data_subjects != 7
 
 
@@ -50,7 +50,7 @@ def test_list_given_for_tuple_field_is_converted():
 
 
 def test_int_accepted_for_float_field():
-    assert profiles.resolve("smoke", data_healthy_fraction=0).data_healthy_fraction == 0.0
+    assert profiles.resolve("smoke", data_msd_spacing_mm=0).data_msd_spacing_mm == 0.0
 
 
 def test_name_cannot_be_overridden():

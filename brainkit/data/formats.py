@@ -32,10 +32,10 @@ convention, an empty or non-UTF-8 report, a MATLAB v5 ``.mat`` where v7.3 is exp
 2D slices (figshare, Kaggle) are shown the radiological way: rows run anterior to posterior and
 the patient's right is on the image's left (:func:`axial_slice`).
 
-The phantom has gliomas, meningiomas and metastases but no pituitary tumours: the figshare and
-Kaggle layouts written from it hold glioma and meningioma slices (and, in Kaggle, ``notumor``
-slices of the healthy controls); the ``pituitary`` folder is created empty and metastases are
-left out of the 2D sets, as neither real set has that class.
+Each layout is written from the cohort of the dataset it stands in for (:mod:`brainkit.data.cohorts`):
+BraTS 2020 / TextBraTS and MSD Task01 hold gliomas only (the BraTS layout adds BrainGemma3D's healthy
+controls), figshare meningioma, glioma and pituitary slices, Kaggle those three and ``notumor`` slices of
+healthy controls, each in its published proportions.
 """
 
 from __future__ import annotations
@@ -368,6 +368,8 @@ def lesion_slices(subject: Subject, n: int) -> list[int]:
     if area.max() == 0:
         return []
     good = np.flatnonzero(area >= 0.5 * area.max())
+    if len(good) < n:  # a small lesion: the n slices with most of it
+        good = np.sort(np.argsort(-area, kind="stable")[:min(n, int((area > 0).sum()))])
     if len(good) <= n:
         return [int(k) for k in good]
     pick = np.linspace(0, len(good) - 1, n).round().astype(int)
@@ -834,14 +836,20 @@ def _robust_top(subject: Subject, contrast: str) -> float:
 _SLICE_CONTRAST = "t1ce"
 
 
+def _slices_for(spec: Any, cls: str, default: int) -> int:
+    return spec.slices_for(cls, default) if spec is not None else default
+
+
 def write_figshare(root: str | os.PathLike, subjects: Sequence[Subject], *, slice_size: int = 512,
-                   slices_per_subject: int = 3, contrast: str = _SLICE_CONTRAST) -> list[dict[str, Any]]:
-    """Write the glioma and meningioma subjects' head slices through the lesion as ``<n>.mat``.
+                   slices_per_subject: int = 3, contrast: str = _SLICE_CONTRAST,
+                   spec: Any = None) -> list[dict[str, Any]]:
+    """Write the meningioma, glioma and pituitary subjects' head slices through the lesion as ``<n>.mat``.
 
     Images are T1-CE (the figshare contrast) scaled to int16 0-1000, ``tumorMask`` is the tumour
     core (necrosis + enhancing; the whole tumour where a slice has no core), as a T1-CE slice
-    shows it; files are numbered 1, 2, ... in subject order, ``PID`` is the subject id.
-    Controls, metastases (no figshare class) and pituitary (not in the phantom) are not written.
+    shows it; files are numbered 1, 2, ... in subject order, ``PID`` is the subject id. A subject
+    gives ``spec.slices_for(class)`` slices (a :class:`~brainkit.data.cohorts.CohortSpec`), else
+    ``slices_per_subject``. Controls and metastases (no figshare class) are not written.
     """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
@@ -852,7 +860,7 @@ def write_figshare(root: str | os.PathLike, subjects: Sequence[Subject], *, slic
         if cls not in _FIGSHARE_LABEL:
             continue
         top = _robust_top(s, contrast)
-        for k in lesion_slices(s, slices_per_subject):
+        for k in lesion_slices(s, _slices_for(spec, cls, slices_per_subject)):
             img, mask = _slice_pair(s, k, slice_size, contrast, top)
             n += 1
             name = f"{n}.mat"
@@ -885,13 +893,13 @@ _KAGGLE_SPLITS = {"Training": "Tr", "Testing": "Te"}
 
 def write_kaggle(root: str | os.PathLike, subjects: Sequence[Subject], *, slice_size: int = 512,
                  slices_per_subject: int = 3, test_fraction: float = 0.2, seed: int = 0,
-                 contrast: str = _SLICE_CONTRAST, quality: int = 90) -> list[dict[str, Any]]:
+                 contrast: str = _SLICE_CONTRAST, quality: int = 90, spec: Any = None) -> list[dict[str, Any]]:
     """Write head slices as the Kaggle class folders (8-bit grayscale JPEG, ``Tr-gl_0001.jpg`` ...).
 
-    Glioma and meningioma subjects give slices through the lesion (the same slices as the
-    figshare layout, as the real Kaggle set repeats figshare images); healthy controls give
-    ``notumor`` slices from the middle of the brain. Subjects go wholly to ``Training`` or
-    ``Testing`` (grouped by subject, stratified by class, deterministic in ``seed``).
+    Glioma, meningioma and pituitary subjects give slices through the lesion; healthy controls give
+    ``notumor`` slices from the middle of the brain (``spec.slices_for(class)`` each, else
+    ``slices_per_subject``). Subjects go wholly to ``Training`` or ``Testing`` (grouped by subject,
+    stratified by class, deterministic in ``seed``).
     """
     from PIL import Image
 
@@ -905,7 +913,7 @@ def write_kaggle(root: str | os.PathLike, subjects: Sequence[Subject], *, slice_
     for s in subjects:
         cls = lesion_class(s)
         cls = "notumor" if cls == "none" else cls
-        if cls in ("glioma", "meningioma", "notumor"):
+        if cls in KAGGLE_CLASSES:
             chosen.append((s, cls))
     assign = split_groups([s.subject_id for s, _ in chosen], [c for _, c in chosen],
                           {"Training": 1 - test_fraction, "Testing": test_fraction}, seed=seed)
@@ -914,7 +922,8 @@ def write_kaggle(root: str | os.PathLike, subjects: Sequence[Subject], *, slice_
     for s, cls in chosen:
         sp = assign[s.subject_id]
         top = _robust_top(s, contrast)
-        ks = control_slices(s, slices_per_subject) if cls == "notumor" else lesion_slices(s, slices_per_subject)
+        n_sl = _slices_for(spec, "none" if cls == "notumor" else cls, slices_per_subject)
+        ks = control_slices(s, n_sl) if cls == "notumor" else lesion_slices(s, n_sl)
         for k in ks:
             img = _resize2d(axial_slice(_head(s, contrast), k), slice_size, order=1)
             arr = np.round(_to_uint(img, top, 255.0)).astype(np.uint8)
@@ -996,8 +1005,10 @@ def _subject_summary(s: Subject) -> dict[str, Any]:
 
 
 def _write_layout(tmp: Path, layout: str, subjects: Sequence[Subject], *, slice_size: int,
-                  slices_per_subject: int, seed: int, n_jobs: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                  slices_per_subject: int, seed: int, n_jobs: int,
+                  spec: Any = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Write one layout into ``tmp``; return per-file records and the split rule."""
+    from .cohorts import KAGGLE_TEST_FRACTION
     if layout == "brats2020":
         recs = write_brats2020(tmp, subjects, n_jobs=n_jobs)
         split = {"group_by": "case_id", "stratify_by": "laterality", "fractions": [0.7, 0.1, 0.2]}
@@ -1008,10 +1019,12 @@ def _write_layout(tmp: Path, layout: str, subjects: Sequence[Subject], *, slice_
         recs = write_msd_task01(tmp, subjects, n_jobs=n_jobs)
         split = {"group_by": "case_id", "stratify_by": "laterality", "fractions": [0.7, 0.1, 0.2]}
     elif layout == "figshare":
-        recs = write_figshare(tmp, subjects, slice_size=slice_size, slices_per_subject=slices_per_subject)
+        recs = write_figshare(tmp, subjects, slice_size=slice_size, slices_per_subject=slices_per_subject, spec=spec)
         split = {"group_by": "pid", "stratify_by": "label", "fractions": [0.7, 0.1, 0.2]}
     elif layout == "kaggle":
-        recs = write_kaggle(tmp, subjects, slice_size=slice_size, slices_per_subject=slices_per_subject, seed=seed)
+        frac = KAGGLE_TEST_FRACTION
+        recs = write_kaggle(tmp, subjects, slice_size=slice_size, slices_per_subject=slices_per_subject, seed=seed,
+                            spec=spec, test_fraction=frac)
         split = {"group_by": "subject_id", "stratify_by": "class_name",
                  "rule": "Testing/ is the test split; Training/ is split 7:1 into train/val by subject"}
     else:
@@ -1022,11 +1035,14 @@ def _write_layout(tmp: Path, layout: str, subjects: Sequence[Subject], *, slice_
 def write_phantom_dataset(root: str | os.PathLike, layout: str, subjects: Sequence[Subject] | Any, *,
                           slice_size: int | None = None, slices_per_subject: int = 3, seed: int = 0,
                           overwrite: bool = False, n_jobs: int = 1,
-                          generator: dict[str, Any] | None = None) -> Path:
+                          generator: dict[str, Any] | None = None, spec: Any = None) -> Path:
     """Write BrainPhantom subjects in ``layout`` under ``root``, atomically, with a manifest.
 
     ``subjects`` is a list of :class:`~brainkit.data.subject.Subject` or a
-    :class:`~brainkit.profiles.Profile`, from whose ``data_*`` fields a cohort is generated.
+    :class:`~brainkit.profiles.Profile`, from whose ``data_*`` fields a cohort is generated with the
+    layout's cohort (:func:`brainkit.data.cohorts.cohort_for_layout`). ``spec`` (a
+    :class:`~brainkit.data.cohorts.LayoutSpec`, default the layout's own) sets the slices per subject of
+    the 2D layouts and is recorded in the manifest.
     Everything is written into a temporary sibling folder which is renamed to ``root`` only
     when complete, so a failure leaves nothing half-written. ``root/brainkit_manifest.json``
     holds the sha256 of every file, a summary of every subject (its findings included) and the
@@ -1036,15 +1052,23 @@ def write_phantom_dataset(root: str | os.PathLike, layout: str, subjects: Sequen
     from .. import __version__
     from .manifests import file_table
 
+    from .cohorts import COHORTS, spec_for_layout
+
     root = Path(root)
     if layout not in LAYOUTS:
         raise ConfigError(f"layout: expected one of {', '.join(LAYOUTS)}, found {layout!r}")
+    spec = spec_for_layout(layout) if spec is None else spec
     if not isinstance(subjects, (list, tuple)):
         cfg = subjects
         if not hasattr(cfg, "data_subjects"):
             raise ConfigError(f"subjects: expected a list of Subject or a Profile, found {type(cfg).__name__}")
-        subjects = _generate(cfg, seed, with_head=layout in ("figshare", "kaggle"), n_jobs=n_jobs)
+        from .cohorts import cohort_for_layout
+
+        subjects = _generate(cfg, seed, cohort_for_layout(layout), with_head=layout in ("figshare", "kaggle"),
+                             n_jobs=n_jobs)
         slice_size = slice_size or cfg.data_slice_size
+    if layout == "msd_task01":  # MSD's cases are BraTS gliomas: a cohort's controls are not written
+        subjects = [s for s in subjects if not s.healthy]
     if not subjects:
         raise ConfigError("subjects: expected at least one subject, found none")
     if root.exists() and not overwrite:
@@ -1055,7 +1079,7 @@ def write_phantom_dataset(root: str | os.PathLike, layout: str, subjects: Sequen
     try:
         t0 = time.perf_counter()
         recs, split = _write_layout(tmp, layout, subjects, slice_size=slice_size or 512,
-                                    slices_per_subject=slices_per_subject, seed=seed, n_jobs=n_jobs)
+                                    slices_per_subject=slices_per_subject, seed=seed, n_jobs=n_jobs, spec=spec)
         ids = {}
         if layout in ("brats2020", "textbrats", "msd_task01"):
             ids = {r["subject_id"]: r["case_id"] for r in recs} if layout != "textbrats" else \
@@ -1071,6 +1095,9 @@ def write_phantom_dataset(root: str | os.PathLike, layout: str, subjects: Sequen
             "name": f"phantom:{layout}",
             "layout": layout,
             "brainkit_version": __version__,
+            "cohort": {"layout_spec": spec.name, "dataset": spec.dataset, "cohort": spec.cohort,
+                       "cohort_fingerprint": COHORTS[spec.cohort].fingerprint() if spec.cohort in COHORTS else None,
+                       "published": spec.published, "published_unit": spec.published_unit},
             "generator": dict(generator or {}, seed=seed, n_subjects=len(subjects),
                               volume_shape=list(subjects[0].shape), slice_size=slice_size,
                               slices_per_subject=slices_per_subject),
@@ -1124,23 +1151,27 @@ def load_phantom_manifest(root: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def phantom_key(cfg: Any, seed: int = 0) -> str:
-    """The cache folder name of a phantom set: the generator version and every generation parameter."""
-    shape = "x".join(str(int(v)) for v in cfg.data_volume_shape)
-    frac = f"{float(cfg.data_healthy_fraction):g}"
+    """The cache folder name of a phantom set: the generator version, every generation parameter
+    and the fingerprints of the cohort specs (:mod:`brainkit.data.cohorts`), so a set written from
+    another spec is never reused."""
+    from .cohorts import COHORTS, LAYOUT_SPECS
     from .phantoms import PHANTOM_VERSION
 
-    core = f"v{PHANTOM_VERSION}-n{cfg.data_subjects}-{shape}-h{frac}-px{cfg.data_slice_size}-seed{seed}"
+    shape = "x".join(str(int(v)) for v in cfg.data_volume_shape)
+    every = list(COHORTS.values()) + list(LAYOUT_SPECS.values())
+    specs = zlib.crc32("".join(s.fingerprint() for s in every).encode()) & 0xFFFF
+    core = f"v{PHANTOM_VERSION}-n{cfg.data_subjects}-{shape}-c{specs:04x}-px{cfg.data_slice_size}-seed{seed}"
     return f"{core}-{zlib.crc32(core.encode()) & 0xFFFF:04x}"
 
 
-def _generate(cfg: Any, seed: int, *, with_head: bool, n_jobs: int = 1) -> list[Subject]:
+def _generate(cfg: Any, seed: int, spec: Any, *, with_head: bool, n_jobs: int = 1) -> list[Subject]:
     from .phantoms import generate_cohort
 
     if int(cfg.data_subjects) <= 0:
         raise ConfigError(f"profile {getattr(cfg, 'name', '?')!r} has data_subjects={cfg.data_subjects}: "
                           "it reads real datasets (see data_manifests/); phantoms need data_subjects > 0")
-    return generate_cohort(int(cfg.data_subjects), seed=seed, shape=tuple(cfg.data_volume_shape),
-                           healthy_fraction=float(cfg.data_healthy_fraction), with_head=with_head, n_jobs=n_jobs,
+    return generate_cohort(int(cfg.data_subjects), seed=seed, shape=tuple(cfg.data_volume_shape), spec=spec,
+                           with_head=with_head, n_jobs=n_jobs,
                            head_contrasts=(_SLICE_CONTRAST,) if with_head else None)
 
 
@@ -1156,10 +1187,12 @@ def ensure_phantom(cfg: Any, data_dir: str | os.PathLike, layouts: Sequence[str]
     """Generate BrainPhantom once in each of ``layouts`` and reuse it afterwards.
 
     Sets live in ``<data_dir>/phantom/<key>/<layout>`` where the key names every generation
-    parameter (profile fields ``data_subjects``, ``data_volume_shape``, ``data_healthy_fraction``,
-    ``data_slice_size`` and ``seed``). An existing set is reused when its manifest verifies
-    (sha256 of every file); a damaged one is regenerated. All layouts come from one cohort, so
-    ``BraTS20_Training_007`` and ``BRATS_007`` are the same subject. Returns
+    parameter (profile fields ``data_subjects``, ``data_volume_shape``, ``data_slice_size``, ``seed``)
+    and the cohort specs. An existing set is reused when its manifest verifies (sha256 of every
+    file); a damaged one is regenerated. Each layout is written from the cohort of its dataset
+    (:func:`brainkit.data.cohorts.cohort_for_layout`), generated once for all the layouts that share
+    it: ``BraTS20_Training_007`` and its TextBraTS report are one subject, MSD's cases are the same
+    cohort's gliomas, and the Kaggle tumour images come from the figshare patients. Returns
     ``{layout: folder}``. ``n_jobs`` processes generate the subjects (default: the profile's
     ``data_jobs``). Introduced in ``01_data_prep``; later notebooks call it.
     """
@@ -1184,12 +1217,19 @@ def ensure_phantom(cfg: Any, data_dir: str | os.PathLike, layouts: Sequence[str]
                 continue
             log.warning("phantom set %s failed verification, regenerating:\n%s", p, rep)
         todo.append(lay)
-    if todo:
+    from .cohorts import COHORTS, spec_for_layout
+
+    groups: dict[str, list[str]] = {}
+    for lay in todo:
+        groups.setdefault(spec_for_layout(lay).cohort, []).append(lay)
+    for name, lays in groups.items():
+        cohort = COHORTS[name]
         t0 = time.perf_counter()
-        subjects = _generate(cfg, seed, with_head=any(lay in ("figshare", "kaggle") for lay in todo), n_jobs=n_jobs)
-        gen = {"generate_seconds": round(time.perf_counter() - t0, 2),
-               "healthy_fraction": float(cfg.data_healthy_fraction)}
-        for lay in todo:
+        subjects = _generate(cfg, seed, cohort, with_head=any(lay in ("figshare", "kaggle") for lay in lays),
+                             n_jobs=n_jobs)
+        gen = {"generate_seconds": round(time.perf_counter() - t0, 2), "cohort": name,
+               "healthy_fraction": cohort.healthy_fraction}
+        for lay in lays:
             out[lay] = write_phantom_dataset(base / lay, lay, subjects, slice_size=int(cfg.data_slice_size),
                                              seed=seed, overwrite=True, n_jobs=n_jobs, generator=gen)
     return {lay: out[lay] for lay in layouts}

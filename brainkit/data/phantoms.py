@@ -9,11 +9,14 @@ One subject, step by step (all on the output grid, with ``scipy.ndimage``):
 1. **Anatomy.** A backward map from subject millimetres to MNI millimetres: a random affine
    (rotation, anisotropic scaling, translation) plus a smooth elastic field drawn on a coarse grid
    and interpolated. Grey matter, white matter and CSF probabilities are sampled through it.
-2. **Lesions** (unless a healthy control). Glioma-like (irregular necrotic core label 1,
+2. **Lesions** (unless a healthy control), drawn from the cohort spec of the dataset the subject stands
+   in for (:mod:`brainkit.data.cohorts`: types, glioma grades and sizes, lobes). Glioma-like (irregular necrotic core label 1,
    enhancing rim label 4, oedema label 2 that spreads along white matter), meningioma-like
    (extra-axial, dural-based at the brain surface, homogeneously enhancing, little or no
    necrosis), or metastases (one to six small ring- or nodular-enhancing lesions with
-   disproportionate oedema). Each is placed by hemisphere and lobe of the MNI lobe map. Its
+   disproportionate oedema), or pituitary adenomas (sellar / suprasellar, midline, avidly enhancing,
+   1-3 cm). High-grade gliomas have an enhancing rim and usually necrosis, low-grade ones are mostly
+   non-enhancing; some gliomas reach the other hemisphere. Each is placed by hemisphere and lobe of the MNI lobe map. Its
    **mass effect** is a volume-inserting displacement ``r -> (r^3 - k R^3)^(1/3)`` around its centre,
    damped near the brain surface (the skull holds the outline), so tissue is pushed away, sulci
    and ventricles are compressed and, for large lesions, the midline shifts (measured, in mm).
@@ -47,6 +50,7 @@ from scipy.spatial.transform import Rotation
 from scipy.special import expit
 
 from ..errors import ConfigError
+from .cohorts import CLINICAL_MIX, LESION_TYPES, CohortSpec, allocate
 from .anatomy import (
     LOBES,
     brainstem_part_at,
@@ -75,7 +79,6 @@ from .anatomy import lobe_map  # noqa: E402  (re-exported: part of this module's
 
 log = logging.getLogger(__name__)
 
-LESION_TYPES = ("glioma", "meningioma", "metastasis")
 #: Midline shifts at least this large (mm) are reported; smaller ones count as "no midline shift".
 MIDLINE_SHIFT_REPORT_MM = 2.0
 #: Peak tissue displacement (mm) from which a lesion is said to exert mass effect.
@@ -83,7 +86,9 @@ MASS_EFFECT_MM = 3.0
 # Strength of the far-field part of the mass displacement (see _mass_displacement); must stay < 3.
 _FAR_FIELD = 2.5
 #: Generator version: part of the cache key of written sets, bumped when subjects change.
-PHANTOM_VERSION = 3
+#: v4: one cohort spec per dataset (brainkit.data.cohorts), BraTS-sized gliomas with grades, gliomas
+#: crossing the midline, pituitary adenomas, TextBraTS-ordered reports.
+PHANTOM_VERSION = 4
 
 _TYPE_WEIGHTS = {"glioma": 0.5, "meningioma": 0.2, "metastasis": 0.3}
 _LOBE_WEIGHTS = {
@@ -93,6 +98,8 @@ _LOBE_WEIGHTS = {
     "metastasis": {"frontal": 0.24, "parietal": 0.18, "temporal": 0.14, "occipital": 0.1, "deep": 0.08,
                    "cerebellum": 0.18, "brainstem": 0.08},
 }
+# Pituitary adenoma (figshare, Kaggle): radius of a 1-3 cm sellar / suprasellar mass (mm).
+_PITUITARY_RADIUS = (5.0, 15.0)
 # Largest core radius (mm) that fits a lobe.
 _MAX_RADIUS = {"frontal": 26.0, "parietal": 24.0, "temporal": 22.0, "occipital": 18.0, "deep": 15.0,
                "cerebellum": 16.0, "brainstem": 8.0}
@@ -110,6 +117,8 @@ _COMPARTMENT = {
     "necrosis": {"t1": 0.32, "t1ce": 0.34, "t2": 1.35, "flair": 0.6},
     "nonenhancing": {"t1": 0.50, "t1ce": 0.50, "t2": 1.15, "flair": 1.05},
     "meningioma": {"t1": 0.60, "t1ce": 1.30, "t2": 0.80, "flair": 0.85},
+    # pituitary macroadenoma: T1 iso to grey matter, avid enhancement, T2 iso to slightly bright
+    "pituitary": {"t1": 0.60, "t1ce": 1.28, "t2": 0.82, "flair": 0.80},
     "wmh": {"t1": 0.72, "t1ce": 0.72, "t2": 0.98, "flair": 1.02},
     "vessel": {"t1": 0.70, "t1ce": 1.40, "t2": 0.35, "flair": 0.30},
     "choroid": {"t1": 0.55, "t1ce": 1.25, "t2": 1.00, "flair": 0.55},
@@ -242,10 +251,18 @@ def _side_ok(x: np.ndarray, hemisphere: str, lobe: str) -> np.ndarray:
 
 
 def _choose_centre(rng, kind: str, lobe: str, hemisphere: str, radius: float,
-                   avoid: list[tuple[np.ndarray, float]]) -> tuple[np.ndarray, float, np.ndarray] | None:
-    """A centre (MNI mm) for a lesion, shrinking the radius until one fits; None if none fits."""
+                   avoid: list[tuple[np.ndarray, float]], *, x_max: float | None = None,
+                   near: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, float, np.ndarray] | None:
+    """A centre (MNI mm) for a lesion, shrinking the radius until one fits; None if none fits.
+
+    ``x_max`` keeps the centre within that distance of the midline (a glioma that crosses it);
+    ``near`` = (point, distance) keeps it within ``distance`` of ``point`` (its contralateral part)."""
     c = _candidates()
     in_lobe = (c["lobe"] == LOBES.index(lobe) + 1) & _side_ok(c["xyz"][:, 0], hemisphere, lobe)
+    if x_max is not None:
+        in_lobe &= np.abs(c["xyz"][:, 0]) <= x_max
+    if near is not None:
+        in_lobe &= np.linalg.norm(c["xyz"] - near[0], axis=1) <= near[1]
     if kind == "meningioma":
         tissue = (c["surf"] >= 1.5) & (c["surf"] <= 5.0)
     elif kind == "metastasis":
@@ -275,35 +292,76 @@ def _choose_centre(rng, kind: str, lobe: str, hemisphere: str, radius: float,
     return None
 
 
-def lesion_plan(index: int, *, seed: int = 0, lesion_type: str | None = None) -> dict[str, Any]:
+def lesion_plan(index: int, *, seed: int = 0, lesion_type: str | None = None,
+                spec: CohortSpec | None = None) -> dict[str, Any]:
     """The lesion plan of subject ``index`` (type, side, lesions with MNI centres and sizes).
 
     Introduced in ``01_data_prep``. Cheap (no volumes): it is what :func:`generate_subject` draws
-    for a lesional subject, so a sweep over many indices shows the placement statistics.
+    for a lesional subject, so a sweep over many indices shows the placement statistics. ``spec``
+    (a :class:`~brainkit.data.cohorts.CohortSpec`, default the general mix) sets the lesion types,
+    the glioma grades, sizes and lobes and the share of gliomas crossing the midline; a dataset spec
+    allocates the type, grade and crossing by a low-discrepancy rule (:func:`~brainkit.data.cohorts.allocate`),
+    so a cohort's proportions match the spec's at any size.
     """
+    spec = CLINICAL_MIX if spec is None else spec
+    mixed = spec is CLINICAL_MIX
     ss = np.random.SeedSequence([int(seed), int(index)])
     streams = ss.spawn(6)
     rng = np.random.default_rng(streams[1])
     if lesion_type is None:
-        lesion_type = _pick(rng, _TYPE_WEIGHTS)
+        lesion_type = _pick(rng, _TYPE_WEIGHTS) if mixed else allocate(index, spec.lesion_weights, stream=0)
+        if not mixed:
+            rng.random()  # keep the stream aligned with the mixed cohort's draw
     else:
         rng.random()  # keep the stream aligned with the drawn case
     if lesion_type not in LESION_TYPES:
         raise ConfigError(f"lesion_type: expected one of {', '.join(LESION_TYPES)}, found {lesion_type!r}")
     hemisphere = _hemisphere(index, seed)
-    lobe = _pick(rng, _LOBE_WEIGHTS[lesion_type])
+    crossing = False
+    if lesion_type == "glioma":
+        weights = spec.glioma_lobes
+        if not mixed and spec.glioma_crossing_fraction > 0:
+            f = spec.glioma_crossing_fraction
+            crossing = allocate(index, {"cross": f, "one": 1.0 - f}, stream=2) == "cross"
+        if crossing:  # a glioma reaches the other hemisphere through the corpus callosum or the deep nuclei
+            weights = {k: v for k, v in weights.items() if k in ("frontal", "parietal", "occipital", "deep")}
+        lobe = _pick(rng, weights)
+    elif lesion_type == "pituitary":
+        lobe, hemisphere = "sellar", "midline"
+    else:
+        lobe = _pick(rng, _LOBE_WEIGHTS[lesion_type])
     lesions: list[dict[str, Any]] = []
     if lesion_type == "glioma":
-        enhancing = rng.random() < 0.8
-        r = float(np.exp(rng.uniform(np.log(6.0), np.log(24.0))))
-        r = min(r, _MAX_RADIUS[lobe])
+        u_grade = rng.random()
+        grade = ("hgg" if u_grade < 0.8 else "lgg") if mixed else allocate(index, spec.glioma_grades, stream=1)
+        lo, hi = spec.glioma_radius_mm
+        r = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        r = min(r, _MAX_RADIUS[lobe] * spec.glioma_radius_cap_scale)
+        # HGG: an enhancing rim (necrotic when large); LGG: non-enhancing (a dataset spec lets 15 % of
+        # them enhance faintly, as low-grade gliomas sometimes do)
+        enhancing = grade == "hgg" or (not mixed and rng.random() < 0.15)
         lesions.append({
-            "kind": "glioma", "lobe": lobe, "hemisphere": hemisphere, "radius": r,
+            "kind": "glioma", "lobe": lobe, "hemisphere": hemisphere, "radius": r, "grade": grade,
             "enhancing": bool(enhancing),
-            "necrotic": bool(enhancing and (r > 10.0 or rng.random() < 0.5)),
-            "oedema_extent": float(rng.uniform(0.35, 1.1) if enhancing else rng.uniform(0.25, 0.8)),
-            "mass_k": float(rng.uniform(0.55, 0.95) if enhancing else rng.uniform(0.3, 0.7)),
+            "necrotic": bool(grade == "hgg" and (r > 10.0 or rng.random() < 0.5)),
+            "oedema_extent": float(rng.uniform(0.35, 1.1) if grade == "hgg" else rng.uniform(0.25, 0.8)),
+            "mass_k": float(rng.uniform(0.55, 0.95) if grade == "hgg" else rng.uniform(0.3, 0.7)),
             "irregularity": float(rng.uniform(0.12, 0.25)),
+        })
+        if crossing:
+            other = "left" if hemisphere == "right" else "right"
+            lesions.append({
+                "kind": "glioma", "lobe": lobe, "hemisphere": other, "radius": r * float(rng.uniform(0.45, 0.7)),
+                "grade": grade, "enhancing": bool(enhancing), "necrotic": False, "crossing_part": True,
+                "oedema_extent": lesions[0]["oedema_extent"], "mass_k": 0.5 * lesions[0]["mass_k"],
+                "irregularity": lesions[0]["irregularity"],
+            })
+    elif lesion_type == "pituitary":
+        r = float(np.exp(rng.uniform(np.log(_PITUITARY_RADIUS[0]), np.log(_PITUITARY_RADIUS[1]))))
+        lesions.append({
+            "kind": "pituitary", "lobe": "sellar", "hemisphere": "midline", "radius": r,
+            "enhancing": True, "necrotic": False, "oedema_extent": 0.0,
+            "mass_k": float(rng.uniform(0.3, 0.6)), "irregularity": float(rng.uniform(0.03, 0.08)),
         })
     elif lesion_type == "meningioma":
         r = float(np.exp(rng.uniform(np.log(6.0), np.log(22.0))))
@@ -334,9 +392,21 @@ def lesion_plan(index: int, *, seed: int = 0, lesion_type: str | None = None) ->
     placed: list[dict[str, Any]] = []
     avoid: list[tuple[np.ndarray, float]] = []
     for les in lesions:
-        kind = "meningioma" if les["kind"] == "meningioma" else les["kind"]
-        if les.get("parafalcine"):
+        kind = les["kind"]
+        if kind == "pituitary":
+            got = _choose_sellar(rng, les["radius"])
+        elif les.get("parafalcine"):
             got = _choose_parafalcine(rng, les["lobe"], les["hemisphere"], les["radius"])
+        elif les.get("crossing_part"):
+            if not placed:
+                continue
+            main = np.asarray(placed[0]["centre_mni"])
+            got = _choose_centre(rng, kind, les["lobe"], les["hemisphere"], les["radius"], [],
+                                 x_max=_CROSSING_X_MM, near=(main, 2.0 * placed[0]["radius"] + 10.0))
+        elif crossing:
+            got = _choose_centre(rng, kind, les["lobe"], les["hemisphere"], les["radius"], avoid, x_max=_CROSSING_X_MM)
+            if got is None:  # no room near the midline in this lobe: a one-sided glioma
+                got = _choose_centre(rng, kind, les["lobe"], les["hemisphere"], les["radius"], avoid)
         else:
             got = _choose_centre(rng, kind, les["lobe"], les["hemisphere"], les["radius"], avoid)
         if got is None:
@@ -348,6 +418,30 @@ def lesion_plan(index: int, *, seed: int = 0, lesion_type: str | None = None) ->
     if not placed:  # cannot happen with the shipped atlas; guard anyway
         raise ConfigError(f"lesion_plan: could not place any {lesion_type} lesion for subject {index}")
     return {"lesion_type": lesion_type, "hemisphere": hemisphere, "lobe": lobe, "lesions": placed}
+
+
+# A glioma that crosses the midline has its centre (and its contralateral part's) this close to it (mm).
+_CROSSING_X_MM = 24.0
+
+
+@functools.lru_cache(maxsize=1)
+def _sella_mni() -> np.ndarray:
+    """The floor of the brain in the midline above the pituitary fossa (MNI mm), from the atlas."""
+    c = _candidates()
+    x, y, z = c["xyz"][:, 0], c["xyz"][:, 1], c["xyz"][:, 2]
+    sel = (np.abs(x) <= 3.0) & (y >= -6.0) & (y <= 8.0) & (z < 10.0) & (c["lobe"] != LOBES.index("brainstem") + 1)
+    if not sel.any():
+        return np.array([0.0, 2.0, -18.0])
+    k = np.flatnonzero(sel)[int(np.argmin(z[sel]))]
+    return c["xyz"][k].astype(np.float64)
+
+
+def _choose_sellar(rng, radius: float):
+    """A pituitary adenoma's centre: in the sella below the brain's midline floor, growing upwards
+    (suprasellar) as it enlarges; its base is the skull base, so it is extra-axial."""
+    floor = _sella_mni()
+    centre = floor + np.array([rng.normal(0.0, 0.8), rng.normal(0.0, 1.5), 0.1 * radius - 3.0])
+    return centre, float(radius), np.array([0.0, 0.0, 1.0])
 
 
 def _choose_parafalcine(rng, lobe: str, hemisphere: str, radius: float):
@@ -494,8 +588,8 @@ def _paint_lesion(les: dict[str, Any], rng: np.random.Generator, grid: dict[str,
         o = np.zeros(cshape, np.float32)
     # core compartment intensities (with texture)
     texture = 1.0 + 0.07 * noise[3]
-    if kind == "meningioma":
-        solid = "meningioma"
+    if kind in ("meningioma", "pituitary"):
+        solid = kind
     elif les["enhancing"]:
         solid = "enhancing"
     else:
@@ -523,14 +617,17 @@ def _paint_lesion(les: dict[str, Any], rng: np.random.Generator, grid: dict[str,
     seg[oed_new] = 2
     owner[oed_new] = les["id"]
     fields["nec"][sl] |= core_hard & nec_hard
-    if kind == "meningioma":
+    if kind in ("meningioma", "pituitary"):
         fields["extra_axial"][sl] |= core_hard
 
 
 def _lesion_details(les: dict[str, Any], rng: np.random.Generator, contrast_jitter: dict[str, float]) -> None:
     """Per-lesion shape, orientation and compartment intensities (drawn once, in place)."""
     r = les["radius"]
-    if les["kind"] == "meningioma":
+    if les["kind"] == "pituitary":
+        ratios = np.array([1.0, 0.95, 1.15]) * rng.uniform(0.9, 1.1, 3)  # taller than wide (snowman)
+        rot = np.eye(3)
+    elif les["kind"] == "meningioma":
         ratios = np.array([0.7, 1.2, 1.2]) * rng.uniform(0.9, 1.1, 3)
         inward = np.asarray(les["inward_subject"])
         # first axis along the surface normal: the mass is flattened against the dura
@@ -671,7 +768,7 @@ def _principal_extents(points_mm: np.ndarray, voxel_mm: float) -> list[float]:
 def generate_subject(index: int, *, seed: int = 0, shape=(64, 64, 48), healthy: bool | None = None,
                      with_head: bool = False, lesion_type: str | None = None, healthy_fraction: float = 0.25,
                      margin_mm: float = 12.0, keep_maps: bool = False,
-                     head_contrasts: tuple[str, ...] | None = None) -> Subject:
+                     head_contrasts: tuple[str, ...] | None = None, spec: CohortSpec | None = None) -> Subject:
     """Generate BrainPhantom subject ``index``; deterministic in ``(seed, index)``.
 
     Introduced in ``01_data_prep``.
@@ -684,9 +781,13 @@ def generate_subject(index: int, *, seed: int = 0, shape=(64, 64, 48), healthy: 
       ``head_contrasts`` keeps only those contrasts of them (memory: the 2D sets use T1-CE only).
     - ``shape``: grid (X, Y, Z) in RAS voxel order over the MNI brain box plus ``margin_mm``.
     - ``keep_maps``: put the sampled tissue maps and the lobe labels into ``subject.meta``.
+    - ``spec``: the :class:`~brainkit.data.cohorts.CohortSpec` whose lesion types, grades, sizes and
+      report style the subject follows (default: the general mix, ``CLINICAL_MIX``); the anatomy,
+      distractors and noise of subject ``index`` do not depend on it.
 
     ``subject.findings`` keys: ``normal`` (bool), ``lesion_count`` (int), ``lesion_type``
-    (str or None), ``hemisphere`` ("left" | "right" | "bilateral" or None), ``lobes`` (list of
+    (str or None), ``grade`` (a glioma's "hgg" | "lgg", else None), ``hemisphere`` ("left" | "right" |
+    "bilateral", or None for a control or a midline pituitary adenoma), ``lobes`` (list of
     :data:`LOBES` names, main first), ``location`` (list of str, e.g. "thalamus", "convexity"),
     ``largest_diameter_cm`` (float), ``dimensions_cm`` (list of 3 floats, descending),
     ``volume_cm3`` / ``core_volume_cm3`` / ``enhancing_volume_cm3`` / ``necrosis_volume_cm3`` /
@@ -731,7 +832,7 @@ def generate_subject(index: int, *, seed: int = 0, shape=(64, 64, 48), healthy: 
     lesions: list[dict[str, Any]] = []
     plan = None
     if not healthy:
-        plan = lesion_plan(index, seed=seed, lesion_type=lesion_type)
+        plan = lesion_plan(index, seed=seed, lesion_type=lesion_type, spec=spec)
         rng_les = np.random.default_rng(s_les)
         lesions = [dict(les) for les in plan["lesions"]]
         centres = warp.inverse(np.asarray([les["centre_mni"] for les in lesions]), affine)
@@ -811,7 +912,8 @@ def generate_subject(index: int, *, seed: int = 0, shape=(64, 64, 48), healthy: 
 
     # 5. findings from the generated labels
     findings, details = _findings(lesions, seg, fields, q, u, warp, grid, wmh_grade, plan)
-    report = write_report(findings, np.random.default_rng(s_rep))
+    spec = CLINICAL_MIX if spec is None else spec
+    report = write_report(findings, np.random.default_rng(s_rep), style=spec.report_style)
     meta: dict[str, Any] = {
         "generator": "brainkit.data.phantoms",
         "version": PHANTOM_VERSION,
@@ -819,13 +921,15 @@ def generate_subject(index: int, *, seed: int = 0, shape=(64, 64, 48), healthy: 
         "index": int(index),
         "spacing_mm": [round(float(s), 4) for s in spacing],
         "healthy": bool(healthy),
+        "cohort": spec.name,
     }
     if keep_maps:
         meta["maps"] = {"gm": gm, "wm": wm, "csf": csf, "lobes": details["lobes_map"]}
         if u is not None:
             meta["displacement_mm"] = u.reshape((3,) + shape)
+    prefix = "phantom" if spec is CLINICAL_MIX else f"phantom-{spec.name}"
     return Subject(
-        subject_id=f"phantom-s{int(seed)}-{int(index):05d}",
+        subject_id=f"{prefix}-s{int(seed)}-{int(index):05d}",
         images=images,
         seg=seg,
         brain_mask=brain.astype(np.uint8),
@@ -880,7 +984,7 @@ def _findings(lesions, seg, fields, q, u, warp: _Warp, grid, wmh_grade: str, pla
         "enhancing_volume_cm3": 0.0, "necrosis_volume_cm3": 0.0, "oedema_volume_cm3": 0.0,
         "enhancement": False, "enhancement_pattern": "none", "oedema": False, "oedema_extent": "none",
         "necrosis": False, "mass_effect": False, "mass_effect_grade": "none", "midline_shift_mm": 0.0,
-        "midline_shift_direction": None, "wmh": wmh_grade, "lesions": [],
+        "midline_shift_direction": None, "wmh": wmh_grade, "lesions": [], "grade": None,
     }
     if normal:
         return base, details
@@ -898,12 +1002,17 @@ def _findings(lesions, seg, fields, q, u, warp: _Warp, grid, wmh_grade: str, pla
         lobe_ids = lobes_map.reshape(-1)[core]
         counts = np.bincount(lobe_ids, minlength=len(LOBES) + 1)
         main = les["lobe"]
-        lobes = [main] + [LOBES[k - 1] for k in np.argsort(-counts) if k > 0 and LOBES[k - 1] != main
-                          and counts[k] >= 0.3 * n_core]
+        if les["kind"] == "pituitary":  # extra-axial, in the midline: no lobe, no side
+            lobes = []
+        else:
+            lobes = [main] + [LOBES[k - 1] for k in np.argsort(-counts) if k > 0 and LOBES[k - 1] != main
+                              and counts[k] >= 0.3 * n_core]
         dims = _principal_extents(mm[core], float(spacing.mean()))
         whole = flat_owner == les["id"]
         x, y, z = les["centre_mni"]
-        if les["kind"] == "meningioma":
+        if les["kind"] == "pituitary":
+            where = "sellar and suprasellar" if dims[0] >= 1.5 else "sellar"
+        elif les["kind"] == "meningioma":
             where = "parafalcine" if les.get("parafalcine") else ("tentorial" if main == "cerebellum" else "convexity")
         elif main == "deep":
             where = deep_structure_at(x, y, z)
@@ -917,7 +1026,9 @@ def _findings(lesions, seg, fields, q, u, warp: _Warp, grid, wmh_grade: str, pla
         n_enh = int(((flat_owner == les["id"]) & (flat_seg == 4)).sum())
         n_oed = int(((flat_owner == les["id"]) & (flat_seg == 2)).sum())
         per.append({
-            "type": les["kind"], "hemisphere": les["hemisphere"], "lobe": main, "lobes": lobes, "location": where,
+            "type": les["kind"], "hemisphere": None if les["kind"] == "pituitary" else les["hemisphere"],
+            "lobe": None if les["kind"] == "pituitary" else main, "lobes": lobes, "location": where,
+            "grade": les.get("grade"),
             "centre_mni_mm": [round(float(v), 1) for v in les["centre_mni"]],
             "diameter_cm": dims[0], "dimensions_cm": dims,
             "volume_cm3": round(int(whole.sum()) * voxel_cm3, 2), "core_volume_cm3": round(n_core * voxel_cm3, 2),
@@ -929,8 +1040,8 @@ def _findings(lesions, seg, fields, q, u, warp: _Warp, grid, wmh_grade: str, pla
         return base, details
     per.sort(key=lambda d: -d["core_volume_cm3"])
     kind = lesions[0]["kind"]
-    sides = {p["hemisphere"] for p in per}
-    hemisphere = "bilateral" if len(sides) > 1 else sides.pop()
+    sides = {p["hemisphere"] for p in per if p["hemisphere"]}
+    hemisphere = "bilateral" if len(sides) > 1 else sides.pop() if sides else None
     lobes: list[str] = []
     for p in per:
         for lb in p["lobes"]:
@@ -947,7 +1058,7 @@ def _findings(lesions, seg, fields, q, u, warp: _Warp, grid, wmh_grade: str, pla
     enhancement = n_enh > 0
     if not enhancement:
         pattern = "none"
-    elif kind == "meningioma":
+    elif kind in ("meningioma", "pituitary"):
         pattern = "homogeneous"
     elif any(p["_ring"] for p in per):
         pattern = "ring" if kind == "metastasis" or per[0]["_enh_frac"] > 0.5 else "heterogeneous"
@@ -968,12 +1079,15 @@ def _findings(lesions, seg, fields, q, u, warp: _Warp, grid, wmh_grade: str, pla
     um = _mass_displacement(mid_subj, lesions, surf_mid)
     j = int(np.argmax(np.abs(um[0])))
     shift = round(float(abs(um[0, j])), 1)
+    if kind == "pituitary":  # a midline mass below the brain does not push the falx sideways
+        shift = 0.0
     direction = ("right" if um[0, j] > 0 else "left") if shift > 0 else None
     findings = dict(base)
     findings.update({
         "normal": False,
         "lesion_count": len(per),
         "lesion_type": kind,
+        "grade": lesions[0].get("grade"),
         "hemisphere": hemisphere,
         "lobes": lobes,
         "location": location,
@@ -1021,23 +1135,29 @@ def _one_thread_per_worker() -> None:
     _POOL_LIMITS = threadpool_limits(1)
 
 
-def generate_cohort(n: int, *, seed: int = 0, shape=(64, 64, 48), healthy_fraction: float = 0.25,
-                    with_head: bool = False, n_jobs: int = 1, start: int = 0, **kwargs: Any) -> list[Subject]:
+def generate_cohort(n: int, *, seed: int = 0, shape=(64, 64, 48), healthy_fraction: float | None = None,
+                    with_head: bool = False, n_jobs: int = 1, start: int = 0, spec: CohortSpec | None = None,
+                    **kwargs: Any) -> list[Subject]:
     """Generate subjects ``start .. start+n-1`` with exactly ``floor(n*healthy_fraction + 0.5)`` controls.
 
-    Introduced in ``01_data_prep``. Which subjects are controls follows :func:`is_control`, so
-    subject ``i`` is identical whatever ``n`` is (for ``start=0``). ``n_jobs > 1`` generates in
-    that many processes (same result as ``n_jobs=1``). Extra keyword arguments go to
-    :func:`generate_subject`.
+    Introduced in ``01_data_prep``. ``spec`` is the dataset's :class:`~brainkit.data.cohorts.CohortSpec`
+    (default: the general mix); ``healthy_fraction`` defaults to the spec's. Which subjects are
+    controls follows :func:`is_control`, so subject ``i`` is identical whatever ``n`` is (for
+    ``start=0``). ``n_jobs > 1`` generates in that many processes (same result as ``n_jobs=1``).
+    Extra keyword arguments go to :func:`generate_subject`.
     """
     if n < 0:
         raise ConfigError(f"generate_cohort: n: expected a count >= 0, found {n!r}")
+    spec = CLINICAL_MIX if spec is None else spec
+    if healthy_fraction is None:
+        healthy_fraction = spec.healthy_fraction
     if not 0.0 <= healthy_fraction <= 1.0:
         raise ConfigError(f"generate_cohort: healthy_fraction: expected a value in [0, 1], found {healthy_fraction!r}")
     shape = tuple(int(s) for s in shape)
     jobs = []
     for i in range(start, start + n):
-        kw = dict(seed=seed, shape=shape, healthy=is_control(i, healthy_fraction), with_head=with_head, **kwargs)
+        kw = dict(seed=seed, shape=shape, healthy=is_control(i, healthy_fraction), with_head=with_head, spec=spec,
+                  **kwargs)
         jobs.append((i, kw))
     if n_jobs is None or n_jobs <= 1 or n < 4:
         return [_cohort_worker(j) for j in jobs]

@@ -24,7 +24,7 @@ Conventions of the entity sets:
   A side named only as the direction of a midline shift ("shift to the right") is not a laterality.
 - ``anatomy`` is a subset of :data:`ANATOMY` (``"deep"`` = insula, basal ganglia, thalamus).
 - ``pathology`` is a subset of :data:`PATHOLOGY`: ``"tumour"`` for any mass or lesion, the type
-  (``"glioma"``, ``"meningioma"``, ``"metastasis"``) when named, ``"enhancement"``, ``"oedema"``,
+  (``"glioma"``, ``"meningioma"``, ``"metastasis"``, ``"pituitary"``) when named, ``"enhancement"``, ``"oedema"``,
   ``"necrosis"``, ``"mass effect"``, ``"midline shift"``; ``"normal"`` alone for a normal study.
   Hedged mentions ("likely", "suspicious for", "cannot be excluded") count as present; negated ones
   ("no", "without", "is not seen") do not.
@@ -45,6 +45,7 @@ __all__ = [
     "PATHOLOGY",
     "LATERALITY",
     "write_report",
+    "textbrats_report",
     "normal_report",
     "split_sentences",
     "clean_report",
@@ -57,7 +58,7 @@ __all__ = [
 #: Anatomy vocabulary of :func:`extract_findings` (the lobe names of the phantom's lobe map).
 ANATOMY = tuple(LOBES)
 #: Pathology vocabulary of :func:`extract_findings`.
-PATHOLOGY = ("tumour", "glioma", "meningioma", "metastasis", "enhancement", "oedema", "necrosis",
+PATHOLOGY = ("tumour", "glioma", "meningioma", "metastasis", "pituitary", "enhancement", "oedema", "necrosis",
              "mass effect", "midline shift", "normal")
 #: Laterality vocabulary of :func:`extract_findings`.
 LATERALITY = ("left", "right", "bilateral")
@@ -199,6 +200,10 @@ _TYPE_HEDGE = {
                    "most likely metastatic deposits", "compatible with cerebral metastases"],
     "metastasis_one": ["suspicious for a solitary metastasis", "likely a metastatic deposit",
                        "in keeping with a solitary metastasis"],
+    "glioma_lgg": ["most consistent with a low-grade glioma", "in keeping with a diffuse low-grade glial tumour",
+                   "likely representing a low-grade glioma", "compatible with a diffuse astrocytoma"],
+    "pituitary": ["consistent with a pituitary macroadenoma", "most likely a pituitary adenoma",
+                  "typical of a pituitary macroadenoma", "in keeping with a pituitary adenoma"],
 }
 _NOUN = {
     "glioma": ["an intra-axial mass", "an infiltrative intra-axial mass", "a heterogeneous mass",
@@ -267,15 +272,25 @@ def normal_report(rng: np.random.Generator, wmh: str = "none") -> str:
     return " ".join(sents)
 
 
-def write_report(findings: dict[str, Any], rng: np.random.Generator) -> str:
+def write_report(findings: dict[str, Any], rng: np.random.Generator, style: str = "clinical") -> str:
     """A radiology-style report written from phantom ``findings`` (schema of ``generate_subject``).
 
     Deterministic given ``rng``'s state. Every finding that :func:`entities_from_findings` lists is
     stated (possibly hedged) and every absent one is either negated or not mentioned, so
     ``extract_findings(write_report(f, rng)) == entities_from_findings(f)`` (tested on phantom sets).
+    ``style``: ``"clinical"`` (varied free text: sentence order, synonyms, an impression) or
+    ``"textbrats"`` (the four sentences of a TextBraTS report, in its fixed order: the lesion, the
+    oedema, the necrosis, the ventricular compression; :func:`textbrats_report`). Healthy controls
+    get a normal-study report in either style.
     """
+    if style not in ("clinical", "textbrats"):
+        raise DataError(None, "style", "clinical or textbrats", style)
     if findings.get("normal", True) or not findings.get("lesions"):
         return normal_report(rng, findings.get("wmh", "none"))
+    if style == "textbrats":
+        return textbrats_report(findings, rng)
+    if findings["lesion_type"] == "pituitary":
+        return _pituitary_report(findings, rng)
     kind = findings["lesion_type"]
     lesions = findings["lesions"]
     main = lesions[0]
@@ -369,6 +384,8 @@ def write_report(findings: dict[str, Any], rng: np.random.Generator) -> str:
     key = kind
     if kind == "glioma" and findings.get("necrosis"):
         key = "glioma_necrotic"
+    elif kind == "glioma" and findings.get("grade") == "lgg":
+        key = "glioma_lgg"
     if kind == "metastasis" and n == 1:
         key = "metastasis_one"
     hedge = _c(rng, _TYPE_HEDGE[key])
@@ -385,6 +402,108 @@ def write_report(findings: dict[str, Any], rng: np.random.Generator) -> str:
     else:
         sentences[0] = sentences[0][:-1] + f", {hedge}."
     return " ".join(sentences)
+
+
+def _pituitary_report(findings: dict[str, Any], rng: np.random.Generator) -> str:
+    """A pituitary adenoma: sellar (and suprasellar) mass, its enhancement, the optic chiasm."""
+    main = findings["lesions"][0]
+    size = _measure(rng, main.get("dimensions_cm", []), main.get("diameter_cm", findings["largest_diameter_cm"]))
+    supra = "suprasellar" in main.get("location", "")
+    where = _c(rng, ["a sellar mass with suprasellar extension", "a sellar and suprasellar mass",
+                     "an expansile sellar mass extending into the suprasellar cistern"]) if supra else \
+        _c(rng, ["a sellar mass", "a mass within the pituitary fossa", "an intrasellar mass"])
+    hedge = _c(rng, _TYPE_HEDGE["pituitary"])
+    sents = [_c(rng, [f"There is {where}, {size}, {hedge}.", f"{_cap(where)} is seen, {size}, {hedge}."])]
+    sents.append(_c(rng, ["It enhances avidly and homogeneously.", "The mass shows intense homogeneous enhancement.",
+                          "It demonstrates uniform contrast enhancement."]))
+    if findings.get("mass_effect"):
+        sents.append(_c(rng, ["It elevates and compresses the optic chiasm.",
+                              "There is mass effect on the optic chiasm, which is displaced upwards.",
+                              "The optic chiasm is compressed from below."]))
+    else:
+        sents.append(_c(rng, ["No mass effect on the optic chiasm.", "The optic chiasm is not compressed.",
+                              "No compression of the optic apparatus."]))
+    sents.append(_c(rng, ["No surrounding oedema.", "There is no parenchymal oedema."]))
+    if rng.random() < 0.5:
+        sents.append(_c(rng, ["The brain parenchyma is otherwise unremarkable.", "No acute intracranial haemorrhage."]))
+    return " ".join(sents)
+
+
+def _side_lobes(rng, findings: dict[str, Any]) -> str:
+    """Where a TextBraTS-style lesion sits: side, lobes, and the other hemisphere when it crosses."""
+    main = findings["lesions"][0]
+    side, lobes = main["hemisphere"], findings.get("lobes") or [main["lobe"]]
+    cortical = [lb for lb in lobes if lb in ("frontal", "parietal", "temporal", "occipital")]
+    if main["lobe"] in ("frontal", "parietal", "temporal", "occipital") and len(cortical) > 1:
+        names = " and ".join([", ".join(cortical[:-1]), cortical[-1]]) if len(cortical) > 2 else " and ".join(cortical)
+        place = f"the {side} {names} lobes"
+        rest = [lb for lb in lobes if lb not in cortical]
+    else:
+        place = _lobe_phrase(rng, main["lobe"], side, main.get("location", ""))
+        rest = lobes[1:]
+    ext = _extension_phrase(rng, rest)
+    if findings.get("hemisphere") == "bilateral":
+        other = "left" if side == "right" else "right"
+        ext += _c(rng, [f", crossing the midline into the {other} hemisphere",
+                        f" and extending across the corpus callosum into the {other} hemisphere",
+                        f", with involvement of the {other} hemisphere across the midline"])
+    return place + ext
+
+
+def textbrats_report(findings: dict[str, Any], rng: np.random.Generator) -> str:
+    """A TextBraTS-style report: four sentences in TextBraTS's fixed order.
+
+    TextBraTS (one report per BraTS 2020 case, about 97 words, four sentences in 357 of 369) always
+    describes the lesion (where, its signal and enhancement), then the oedema, then the necrosis,
+    then the ventricles (compressed or "not observed"). The wording here is the phantom's own; only
+    the order and the content of each sentence follow TextBraTS.
+    """
+    kind = findings["lesion_type"]
+    main = findings["lesions"][0]
+    where = _side_lobes(rng, findings)
+    size = _measure(rng, main.get("dimensions_cm", []), main.get("diameter_cm", findings["largest_diameter_cm"]))
+    if kind == "glioma":
+        key = "glioma_necrotic" if findings.get("necrosis") else \
+            "glioma_lgg" if findings.get("grade") == "lgg" else "glioma"
+    else:
+        key = kind if kind in _TYPE_HEDGE else "glioma"
+    hedge = _c(rng, _TYPE_HEDGE[key])
+    pattern = findings.get("enhancement_pattern", "none")
+    if findings.get("enhancement"):
+        enh = _c(rng, {"ring": ["it shows irregular rim enhancement on T1CE", "its wall enhances in a ring on T1CE"],
+                       "homogeneous": ["it enhances homogeneously on T1CE"]}.get(
+            pattern, ["it shows heterogeneous enhancement on T1CE", "it enhances patchily on T1CE"]))
+    else:
+        enh = _c(rng, ["it shows no contrast enhancement on T1CE", "no enhancement is seen on T1CE"])
+    t2 = _c(rng, ["high signal on T2 and FLAIR", "mixed high signal on T2 and FLAIR",
+                  "heterogeneous T2 and FLAIR hyperintensity"])
+    s1 = _c(rng, [f"A mass is located in {where}, {size}, with {t2}, {hedge}; {enh}.",
+                  f"The lesion lies in {where}, {size}, with {t2}, {hedge}; {enh}."])
+    extent = findings.get("oedema_extent", "none")
+    if findings.get("oedema") and extent in _OEDEMA:
+        amount = {"mild": "A thin rim of", "moderate": "Moderate", "marked": "Extensive"}[extent]
+        s2 = _c(rng, [f"{amount} peritumoral oedema surrounds the lesion in the {main['hemisphere']} hemisphere, "
+                      "bright on FLAIR and tracking along the white matter.",
+                      f"{amount} vasogenic oedema is seen around the mass, hyperintense on FLAIR."])
+    else:
+        s2 = _c(rng, ["No significant peritumoral oedema is seen.", "Surrounding oedema is not observed."])
+    if findings.get("necrosis"):
+        rim = " within the enhancing rim" if findings.get("enhancement") else ""
+        s3 = _c(rng, [f"A central necrotic area is present{rim}, dark on T1CE and bright on T2.",
+                      f"Necrosis is seen in the centre of the lesion{rim}, with low T1CE signal."])
+    else:
+        s3 = _c(rng, ["No necrotic component is identified.", "Necrosis is not observed."])
+    shift = float(findings.get("midline_shift_mm", 0.0))
+    if findings.get("mass_effect"):
+        grade = findings.get("mass_effect_grade", "mild")
+        how = {"mild": "Mild", "moderate": "Moderate", "marked": "Marked"}.get(grade, "Mild")
+        s4 = f"{how} compression of the adjacent lateral ventricle is observed"
+        if shift >= _SHIFT_MM:
+            s4 += ", with " + _shift_phrase(rng, shift, findings.get("midline_shift_direction"))
+        s4 += "."
+    else:
+        s4 = _c(rng, ["Ventricular compression is not observed.", "The ventricles are not compressed."])
+    return " ".join([s1, s2, s3, s4])
 
 
 # --------------------------------------------------------------------------------------------
@@ -533,10 +652,12 @@ def read_report_text(path) -> str:
 
 _PATTERNS_PATH = {
     "tumour": r"\bmass(?:es)?\b(?![- ]effect)|\btumou?rs?\b|\bneoplas\w*|\blesions?\b|\bgliom\w*|\bglioblastom\w*|"
-              r"\bmeningiom\w*|\bmetasta\w*|\bdeposits?\b|space[- ]occupying|\bGBM\b|\bastrocytom\w*|\bnodules?\b",
+              r"\bmeningiom\w*|\bmetasta\w*|\bdeposits?\b|space[- ]occupying|\bGBM\b|\bastrocytom\w*|\bnodules?\b|"
+              r"\b(?:macro|micro)?adenom\w*",
     "glioma": r"\bgliom\w*|\bglioblastom\w*|\bglial\b|\bastrocytom\w*|\boligodendrogliom\w*|\bGBM\b",
     "meningioma": r"\bmeningiom\w*",
     "metastasis": r"\bmetasta\w*",
+    "pituitary": r"\bpituitary\b|\b(?:macro|micro)?adenom\w*",
     "enhancement": r"(?<!non)(?<!non-)(?<!non )\benhanc\w*|contrast uptake|\bavid(?:ly)?\b",
     "oedema": r"\bo?edema\w*|\bo?edematous\b|\bvasogenic\b|(?:perilesional|peritumou?ral|surrounding)\s+"
               r"(?:t2/flair\s+|flair\s+|t2\s+)?(?:signal|hyperintensit\w*)",
@@ -566,12 +687,12 @@ _PSEUDO_NEG = re.compile(
     r"\bno (?:significant )?change\b|\bnot only\b", re.IGNORECASE)
 _PRE_NEG = re.compile(r"\b(?:no|without|absence of|absent|negative for|free of|neither|nor|not)\b", re.IGNORECASE)
 _POST_NEG = re.compile(r"\b(?:is|are|was|were)\s+(?:not\s+(?:seen|identified|present|demonstrated|evident|visible|"
-                       r"appreciated)|absent)\b|\bunlikely\b|\bexcluded\b|\bruled out\b",
+                       r"appreciated|observed)|absent)\b|\bunlikely\b|\bexcluded\b|\bruled out\b",
                        re.IGNORECASE)
 _NORMAL_WORDS = re.compile(r"\b(?:normal|unremarkable|preserved|intact|symmetric\w*|central|appropriate|"
                            r"within normal limits|not dilated)\b", re.IGNORECASE)
 _CLAUSE_SPLIT = re.compile(r";|\bbut\b|\bhowever\b|\balthough\b|\bwhereas\b|\bexcept\b", re.IGNORECASE)
-_LESION_ENTITIES = ("tumour", "glioma", "meningioma", "metastasis", "enhancement", "oedema", "necrosis",
+_LESION_ENTITIES = ("tumour", "glioma", "meningioma", "metastasis", "pituitary", "enhancement", "oedema", "necrosis",
                     "mass effect", "midline shift")
 
 
