@@ -40,9 +40,17 @@ def gates_01(m):
     assert m["splits_leak_free"] is True and m["label_conversion_literal_equal"] is True
     assert m["flair_threshold_dice"] <= 0.6 and m["flair_threshold_dice"] >= 0.1
     assert m["realism_literal_vs_package_diff"] < 1e-4
-    assert 0.3 <= m["volume_cm3_min"] and m["volume_cm3_p01"] <= 2.0  # volumes span roughly 1 ...
-    assert 100.0 <= m["volume_cm3_p99"] <= 200.0 and m["volume_cm3_max"] <= 300.0  # ... to 150 cm3
-    assert m["hemisphere_balance"] >= 0.8 and m["lobes_unused"] == 0
+    # Issue 15: each layout's cohort follows its dataset: class proportions within 3 points of the published ones,
+    # the BraTS-layout whole tumours in BraTS's range, and the phantom learnable as real BraTS is (not invisible)
+    for lay in ("brats2020", "textbrats", "msd_task01", "figshare", "kaggle"):
+        assert m[f"cohort_{lay}_max_deviation"] <= 0.03, (lay, m[f"cohort_{lay}_max_deviation"])
+        assert m[f"cohort_{lay}_n"] >= 60, lay
+    assert m["cohort_fractions_all_within_3_points"] is True
+    assert 50.0 <= m["cohort_brats2020_volume_cm3_p50"] <= 150.0
+    assert m["cohort_brats2020_volume_below_10cm3_fraction"] <= 0.10
+    assert m["cohort_brats2020_volume_cm3_p10"] < m["cohort_brats2020_volume_cm3_p50"] < m["cohort_brats2020_volume_cm3_p90"]
+    assert m["cnn_laterality_accuracy"] >= 0.80 and m["cnn_test_subjects"] >= 60
+    assert m["hemisphere_balance"] >= 0.8 and m["supratentorial_lobes_unused"] == 0
     assert m["control_label_voxels"] == 0 and m["n_controls"] >= 1
     assert m["report_agreement_all"] == 1.0 and m["report_distinct_fraction"] >= 0.95
     # later notebooks' needs: >= 60 test subjects in the 2D slice set, >= 30 MSD test volumes

@@ -360,7 +360,8 @@ def _resize2d(img: np.ndarray, size: int, order: int) -> np.ndarray:
 
 def lesion_slices(subject: Subject, n: int) -> list[int]:
     """``n`` axial indices through the lesion: spread over the slices whose tumour-core area is at
-    least half the largest (the whole tumour when the core is empty)."""
+    least half the largest (the whole tumour when the core is empty); for a lesion with fewer such
+    slices, the ``n`` largest with at least a fifth of the largest area."""
     core = tumour_core(subject.seg)
     if not core.any():
         core = whole_tumour(subject.seg)
@@ -368,8 +369,8 @@ def lesion_slices(subject: Subject, n: int) -> list[int]:
     if area.max() == 0:
         return []
     good = np.flatnonzero(area >= 0.5 * area.max())
-    if len(good) < n:  # a small lesion: the n slices with most of it
-        good = np.sort(np.argsort(-area, kind="stable")[:min(n, int((area > 0).sum()))])
+    if len(good) < n:  # a small lesion: up to n slices with most of it (each at least a fifth of the largest)
+        good = np.sort(np.argsort(-area.astype(np.int64), kind="stable")[:min(n, int((area >= 0.2 * area.max()).sum()))])
     if len(good) <= n:
         return [int(k) for k in good]
     pick = np.linspace(0, len(good) - 1, n).round().astype(int)

@@ -305,11 +305,14 @@ def lesion_plan(index: int, *, seed: int = 0, lesion_type: str | None = None,
     """
     spec = CLINICAL_MIX if spec is None else spec
     mixed = spec is CLINICAL_MIX
+    # the allocation runs over the cohort's lesional subjects (subject index minus the controls before it,
+    # see is_control), so the proportions hold among them whatever the share of controls
+    rank = int(index) - (math.floor(int(index) * float(spec.healthy_fraction) + 0.5))
     ss = np.random.SeedSequence([int(seed), int(index)])
     streams = ss.spawn(6)
     rng = np.random.default_rng(streams[1])
     if lesion_type is None:
-        lesion_type = _pick(rng, _TYPE_WEIGHTS) if mixed else allocate(index, spec.lesion_weights, stream=0)
+        lesion_type = _pick(rng, _TYPE_WEIGHTS) if mixed else allocate(rank, spec.lesion_weights, stream=0)
         if not mixed:
             rng.random()  # keep the stream aligned with the mixed cohort's draw
     else:
@@ -322,7 +325,7 @@ def lesion_plan(index: int, *, seed: int = 0, lesion_type: str | None = None,
         weights = spec.glioma_lobes
         if not mixed and spec.glioma_crossing_fraction > 0:
             f = spec.glioma_crossing_fraction
-            crossing = allocate(index, {"cross": f, "one": 1.0 - f}, stream=2) == "cross"
+            crossing = allocate(rank, {"cross": f, "one": 1.0 - f}, stream=2) == "cross"
         if crossing:  # a glioma reaches the other hemisphere through the corpus callosum or the deep nuclei
             weights = {k: v for k, v in weights.items() if k in ("frontal", "parietal", "occipital", "deep")}
         lobe = _pick(rng, weights)
@@ -333,7 +336,7 @@ def lesion_plan(index: int, *, seed: int = 0, lesion_type: str | None = None,
     lesions: list[dict[str, Any]] = []
     if lesion_type == "glioma":
         u_grade = rng.random()
-        grade = ("hgg" if u_grade < 0.8 else "lgg") if mixed else allocate(index, spec.glioma_grades, stream=1)
+        grade = ("hgg" if u_grade < 0.8 else "lgg") if mixed else allocate(rank, spec.glioma_grades, stream=1)
         lo, hi = spec.glioma_radius_mm
         r = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
         r = min(r, _MAX_RADIUS[lobe] * spec.glioma_radius_cap_scale)

@@ -92,7 +92,7 @@ def load_slice_set(figshare_root: str | os.PathLike, kaggle_root: str | os.PathL
     dups = 0
     for item in formats.find_kaggle(kag_root):
         cls = item["class_name"]
-        if cls != "notumor" and not (with_kaggle_tumour and cls in ("glioma", "meningioma")):
+        if cls != "notumor" and not (with_kaggle_tumour and cls in ("glioma", "meningioma", "pituitary")):
             continue
         img = normalise_slice(formats.read_kaggle_image(item["path"]), size)
         h = _hash(img)
@@ -122,6 +122,8 @@ def slice_caption(record: dict[str, Any]) -> str:
     if not record.get("label"):
         return "an axial T1-weighted contrast-enhanced MRI slice of a healthy brain"
     kind = f.get("lesion_type") or record.get("class_name") or "tumour"
+    if kind == "pituitary":  # midline, below the brain: no side, no lobe
+        return "an axial T1-weighted contrast-enhanced MRI slice with a pituitary adenoma in the sellar region"
     side = f.get("hemisphere")
     lesions = f.get("lesions") or []
     lobe = lesions[0].get("lobe") if lesions else None
