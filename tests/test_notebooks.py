@@ -75,7 +75,7 @@ def gates_03(m):
     # findings in the prompt (instruction) let the text-only smoke LM name the lobe more often than without.
     assert m["cases"] >= 8 and m["styles_answered"] == 3 and m["answers"] == 3 * m["cases"]
     assert m["answers_per_style_min"] == m["cases"]
-    assert m["truth_vs_phantom_hemisphere"] >= 0.95
+    assert m["truth_vs_phantom_hemisphere"] >= 0.95 and m["truth_vs_phantom_slices"] >= 20  # slices with a sided tumour
     assert 0.0 <= m["findings_hemisphere_agreement"] <= 1.0 and 0.0 <= m["findings_lobe_agreement"] <= 1.0
     assert m["instruction_lobe_accuracy"] > m["zero_shot_lobe_accuracy"]
 
@@ -89,9 +89,8 @@ def gates_04(m):
     assert m["literal_vs_package_max_diff"] < 1e-4
     assert m["mean_init_identical_slices_diff"] < 1e-4 and m["centre_init_centre_slice_diff"] < 1e-4
     assert m["small_volume_error"] is True
-    unmet_gate(m["inflated_minus_random"] >= 0.15,
-               f"issue #5, notebook 04: inflated stand-in {m['inflated_accuracy']:.3f} vs random 3D tower "
-               f"{m['random_accuracy']:.3f}, gap {m['inflated_minus_random']:+.3f} < 0.15 (README, BrainGemma3D)")
+    # met since the BraTS-faithful cohort (issue 15): 0.875 vs 0.550, gap +0.325
+    assert m["inflated_minus_random"] >= 0.15, (m["inflated_accuracy"], m["random_accuracy"])
 
 
 def gates_05(m):
@@ -134,7 +133,6 @@ def gates_07(m):
     # 95% CI over seeds for every model, one value per seed; the literal LLM block equals the package's.
     assert m["n_test_cases"] >= 30
     assert m["medvisionllama_dice_mean"] >= 0.45
-    assert m["medvisionllama_dice_mean"] >= m["threshold_dice"] + 0.10
     assert m["seeds"] >= 2
     for v in ("medvisionllama", "vit"):
         for k in ("dice", "nsd", "hd95"):
@@ -147,6 +145,11 @@ def gates_07(m):
     for v in ("medvisionllama", "vit"):  # the data-fraction experiment ran (a fraction below 1, both models)
         assert any(key.startswith(f"{v}_frac0") and key.endswith("_dice") for key in m)
     assert m["literal_vs_package_max_diff"] < 1e-4
+    # Not met since the BraTS-faithful cohort (issue 15): whole tumours of ~100 cm3 make the global FLAIR threshold
+    # a strong baseline on this split (0.30 -> 0.57) while both models rose less (0.49 -> 0.66)
+    unmet_gate(m["medvisionllama_dice_mean"] >= m["threshold_dice"] + 0.10,
+               f"issue #6, notebook 07: MedVisionLlama Dice {m['medvisionllama_dice_mean']:.3f} < the best global "
+               f"FLAIR threshold's {m['threshold_dice']:.3f} + 0.10 (README, MedVisionLlama)")
 
 
 def gates_10(m):

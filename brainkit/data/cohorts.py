@@ -147,30 +147,6 @@ class CohortSpec(_Checks):
         return dataclasses.replace(self, **changes)
 
 
-def allocate(index: int, weights: dict[str, float], stream: int = 0) -> str:
-    """The class of subject ``index`` under ``weights``, by a low-discrepancy (Weyl) sequence.
-
-    Deterministic in ``index`` and independent of the cohort size; over any run of ``n`` consecutive
-    indices each class's share is within about ``log(n) / n`` of its weight, so a 300-subject
-    phantom matches a dataset's published proportions to a point or two (random draws would miss
-    them by several points). ``stream`` picks an independent sequence (lesion type, grade, ...).
-    """
-    if not 0 <= stream < len(_WEYL):
-        raise ConfigError(f"allocate: stream: expected 0..{len(_WEYL) - 1}, found {stream!r}")
-    alpha = _WEYL[stream]
-    u = (index * alpha + 0.5 * alpha) % 1.0
-    acc = 0.0
-    keys = list(weights)
-    total = sum(weights.values())
-    for k in keys:
-        acc += weights[k] / total
-        if u < acc - _TOL:
-            return k
-    return keys[-1]
-
-
-
-
 @dataclass(frozen=True)
 class LayoutSpec(_Checks):
     """What one real dataset's layout holds, and which generated cohort it is written from.

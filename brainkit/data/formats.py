@@ -1051,9 +1051,8 @@ def write_phantom_dataset(root: str | os.PathLike, layout: str, subjects: Sequen
     Introduced in ``01_data_prep``.
     """
     from .. import __version__
-    from .manifests import file_table
-
     from .cohorts import COHORTS, spec_for_layout
+    from .manifests import file_table
 
     root = Path(root)
     if layout not in LAYOUTS:

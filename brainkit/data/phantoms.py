@@ -50,7 +50,6 @@ from scipy.spatial.transform import Rotation
 from scipy.special import expit
 
 from ..errors import ConfigError
-from .cohorts import CLINICAL_MIX, LESION_TYPES, CohortSpec, allocate
 from .anatomy import (
     LOBES,
     brainstem_part_at,
@@ -59,6 +58,7 @@ from .anatomy import (
     load_atlas,
     lobe_labels_at,
 )
+from .cohorts import CLINICAL_MIX, LESION_TYPES, CohortSpec, allocate
 from .reports import write_report
 from .subject import CONTRASTS, Subject
 
