@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from brainkit.losses import pva_similarity, pva_similarity_literal
+from brainkit.methods.brat.losses import pva_similarity, pva_similarity_literal
 
 
 def _median_time(fn, repeats: int) -> tuple[float, object]:

@@ -66,7 +66,7 @@ def _loss_value(out: Any) -> torch.Tensor:
 def brainmri_gpt(cfg, scale: float, batch: int = 0) -> Case:
     """BrainMRI-GPT: the frozen CLIP + one patch decoder per layer, Dice+Focal on the masks (notebook 02);
     the step runs the frozen tower too (an epoch without cached features)."""
-    from brainkit.models import clip_localiser as cl
+    from brainkit.methods import brainmri_gpt as cl
 
     size = _scaled(cfg.clip_image_size, scale)
     clip, tok = cl.load_clip(cfg.clip_source, image_size=size, patch_size=cfg.clip_patch_size, seed=0)
@@ -83,8 +83,8 @@ def brainmri_gpt(cfg, scale: float, batch: int = 0) -> Case:
 def medvisionllama(cfg, scale: float, batch: int = 0) -> Case:
     """MedVisionLlama: 3D ViT + one frozen LLM layer through LoRA mappers, Dice+Focal (notebook 07)."""
     from brainkit.data.transforms import dhw_to_xyz
-    from brainkit.models import medvisionllama as mvl
-    from brainkit.models.factory import load_model
+    from brainkit.hub import load_model
+    from brainkit.methods import medvisionllama as mvl
 
     roi = dhw_to_xyz(cfg.mvl_roi_size or cfg.data_msd_volume_size)
     roi = tuple(_scaled(r, scale) for r in roi)
@@ -109,8 +109,8 @@ def medvisionllama(cfg, scale: float, batch: int = 0) -> Case:
 def brat(cfg, scale: float, batch: int = 0) -> Case:
     """brat: 3D DenseNet tokens + Q-Former queries, PVA-matched InfoNCE + DPP + ITG (notebook 08); the text
     encoder is frozen in smoke and its outputs cached, as pretrain() does."""
-    from brainkit.models import brat as B
-    from brainkit.models.factory import load_model, load_tokenizer
+    from brainkit.hub import load_model, load_tokenizer
+    from brainkit.methods import brat as B
 
     src = "tiny:bert"
     dhw = cfg.brat_volume_size or cfg.data_brat_volume_size
@@ -140,9 +140,9 @@ def braingemma3d(cfg, scale: float, batch: int = 0) -> Case:
     (projector + LoRA on q/k/v/o), next-token cross-entropy on the report. The LM here is ``tiny:gemma3``
     unquantised: the real one (4-bit Gemma 3 270M in smoke) would dominate the step's time. The volume is the
     profile's ``data_gemma_volume_size``, batch 4."""
-    from brainkit.models.factory import load_model
-    from brainkit.models.inflate import inflate_vision_tower
-    from brainkit.models.report_vlm import ReportVLM, load_language_model
+    from brainkit.generation import ReportVLM, load_language_model
+    from brainkit.hub import load_model
+    from brainkit.methods.braingemma3d.inflate import inflate_vision_tower
 
     d, h, w = cfg.data_gemma_volume_size
     d, h, w = _scaled(d, scale), _scaled(h, scale), _scaled(w, scale)

@@ -3,6 +3,10 @@
 The smoke stand-ins (``standin_clip``, ``standin_siglip``) and the offline model conversions are cached under
 ``<cache_dir>/<kind>/<key>``. A folder is built in a temporary sibling and renamed into place when complete,
 so an interrupted run never leaves a half-written model where the next run would load it.
+
+Single files are written the same way (:func:`atomic_write_text`, :func:`atomic_save_tensors`): a temporary file
+in the target's folder, renamed onto it by :func:`publish`. Checkpoints, metrics, run records and stage caches all
+go through them.
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
-__all__ = ["fingerprint", "building_folder", "publish"]
+__all__ = ["fingerprint", "building_folder", "publish", "atomic_write_text", "atomic_save_tensors"]
 
 
 def fingerprint(*parts: Any) -> str:
@@ -45,6 +50,37 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
     os.chmod(tmp, 0o666 & ~mask)
     os.replace(tmp, path)
     return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                        metadata: dict[str, str] | None = None) -> Path:
+    """Write ``tensors`` as safetensors to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 @contextmanager

@@ -27,9 +27,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .cache import atomic_write_text
 from .errors import DataError
 from .profiles import Profile
-from .train import atomic_write_text
 
 __all__ = ["save", "load", "collect", "published", "table", "rows", "by_method", "run_record", "timings", "missing",
            "claims_statement", "markdown", "aggregate", "readme_block", "update_readme", "SERIES"]

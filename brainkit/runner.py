@@ -26,9 +26,9 @@ from typing import Any
 
 import nbformat
 
+from .cache import atomic_write_text
 from .errors import ConfigError, NotebookError
 from .profiles import Profile, resolve
-from .train import atomic_write_text
 
 __all__ = ["NotebookRun", "find_notebooks_dir", "list_notebooks", "select", "run_notebook", "run_series",
            "notebook_budget", "raise_for_failures", "time_table"]

@@ -28,7 +28,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,15 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cache import publish
+from .cache import atomic_save_tensors, atomic_write_text
 from .errors import CheckpointError, ConfigError
 
-__all__ = ["fit", "FitResult", "TrainState", "StopAtStep", "save_weights", "load_weights", "to_device",
-           "atomic_write_text", "atomic_save_tensors"]
+__all__ = ["fit", "FitResult", "TrainState", "StopAtStep", "save_weights", "load_weights", "to_device"]
 
 log = logging.getLogger(__name__)
 
@@ -56,37 +54,6 @@ _STATE_KEY = "brainkit_state"
 # --------------------------------------------------------------------------------------------
 # small utilities
 # --------------------------------------------------------------------------------------------
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
-                        metadata: dict[str, str] | None = None) -> Path:
-    """Write ``tensors`` as safetensors to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def to_device(batch: Any, device: torch.device | str) -> Any:
     """Move every tensor of a (nested) batch to ``device``."""
     if isinstance(batch, torch.Tensor):
@@ -204,6 +171,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, *, require_all_train
 # optimiser / RNG state <-> safetensors + JSON
 # --------------------------------------------------------------------------------------------
 def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimiser ``state_dict`` as ``optim/<param>/<key>`` tensors and a JSON part (groups, scalar states)."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, st in sd["state"].items():
@@ -216,6 +184,7 @@ def _flatten_optimizer(sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: dict) -> dict:
+    """The inverse of :func:`_flatten_optimizer`: a ``state_dict`` for ``optimizer.load_state_dict``."""
     state: dict[int, dict[str, Any]] = {}
     for k, v in tensors.items():
         if k.startswith("optim/"):
@@ -227,6 +196,8 @@ def _unflatten_optimizer(tensors: Mapping[str, torch.Tensor], meta: dict) -> dic
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    """Capture the torch (CPU and every CUDA device), NumPy and Python generators: ``rng/*`` tensors and a
+    JSON part."""
     tensors = {"rng/torch": torch.get_rng_state().clone()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -240,6 +211,7 @@ def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def _set_rng_state(tensors: Mapping[str, torch.Tensor], meta: dict) -> None:
+    """Restore the generators captured by :func:`_rng_state`."""
     torch.set_rng_state(tensors["rng/torch"])
     if torch.cuda.is_available():
         cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng/cuda/"))]
@@ -249,6 +221,64 @@ def _set_rng_state(tensors: Mapping[str, torch.Tensor], meta: dict) -> None:
     np.random.set_state((kind, tensors["rng/numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
     v, internal, g = meta["python"]
     random.setstate((v, tuple(internal), g))
+
+
+# --------------------------------------------------------------------------------------------
+# last.safetensors: the checkpoint a run resumes from
+# --------------------------------------------------------------------------------------------
+# The loop position and selection state saved in ``last``, in the order they are written.
+_LOOP_FIELDS = ("epoch", "step_in_epoch", "global_step", "optimizer_steps", "best_metric", "best_epoch",
+                "bad_epochs", "finished", "stopped_early", "history")
+
+
+def _jsonable(obj: Any) -> Any:
+    """``obj`` made JSON-serialisable (string keys, lists for tuples, one-element tensors as numbers)."""
+    try:
+        json.dumps(obj)
+        return obj
+    except TypeError:
+        if isinstance(obj, Mapping):
+            return {str(k): _jsonable(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [_jsonable(v) for v in obj]
+        if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+            return obj.item()
+        raise
+
+
+def _pack_last(raw: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: TrainState,
+               fingerprint: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of ``last``: weights (``model/*``), optimiser (``optim/*``) and random-number
+    states (``rng/*``) as tensors; their JSON parts, the scheduler, the loop position and the history as JSON."""
+    tensors = {f"model/{k}": v for k, v in _weight_tensors(raw).items()}
+    opt_t, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    rng_t, rng_meta = _rng_state()
+    tensors.update(opt_t)
+    tensors.update(rng_t)
+    saved = {
+        "fingerprint": fingerprint, "optimizer": _jsonable(opt_meta), "rng": rng_meta,
+        "scheduler": _jsonable(scheduler.state_dict()) if scheduler is not None else None,
+        **{key: getattr(state, key) for key in _LOOP_FIELDS},
+    }
+    return tensors, {"format": "pt", _STATE_KEY: json.dumps(saved)}
+
+
+def _read_last(path: Path, fingerprint: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """The tensors and the JSON state of the checkpoint ``path``; a :class:`~brainkit.errors.CheckpointError`
+    if it is unreadable or was written for a model whose trainable parameters differ."""
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+        with safe_open(str(path), framework="pt") as fh:
+            saved = json.loads((fh.metadata() or {})[_STATE_KEY])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot resume from this checkpoint ({exc}); "
+                              "delete it to start afresh") from exc
+    if saved["fingerprint"] != fingerprint:
+        raise CheckpointError(f"{path}: written by another model configuration (trainable-parameter "
+                              f"fingerprint {saved['fingerprint']}, this model {fingerprint}); "
+                              "use another out_dir or delete the checkpoint")
+    return tensors, saved
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,18 +388,292 @@ def _make_accelerator(mixed_precision: str, grad_accum: int, seed: int, cpu: boo
                        dataloader_config=dl_cfg, **kwargs)
 
 
-def _jsonable(obj: Any) -> Any:
-    try:
-        json.dumps(obj)
-        return obj
-    except TypeError:
-        if isinstance(obj, Mapping):
-            return {str(k): _jsonable(v) for k, v in obj.items()}
-        if isinstance(obj, (list, tuple)):
-            return [_jsonable(v) for v in obj]
-        if isinstance(obj, torch.Tensor) and obj.numel() == 1:
-            return obj.item()
-        raise
+def _check_fit_arguments(epochs: int, mode: str, scheduler_step: str, grad_accum: int,
+                         val_loader: Iterable | None, evaluate: Callable | None, monitor: str) -> None:
+    """Refuse, with a :class:`~brainkit.errors.ConfigError`, settings :func:`fit` cannot honour."""
+    if epochs < 1:
+        raise ConfigError(f"epochs: expected >= 1, found {epochs}")
+    if mode not in ("min", "max"):
+        raise ConfigError(f"mode: expected 'min' or 'max', found {mode!r}")
+    if scheduler_step not in ("step", "epoch"):
+        raise ConfigError(f"scheduler_step: expected 'step' or 'epoch', found {scheduler_step!r}")
+    if grad_accum < 1:
+        raise ConfigError(f"grad_accum: expected >= 1, found {grad_accum}")
+    has_val = val_loader is not None
+    if evaluate is not None and not has_val:
+        raise ConfigError("evaluate was given without val_loader: pass the validation loader too")
+    if has_val and evaluate is None and monitor != "val_loss":
+        raise ConfigError(f"monitor={monitor!r} needs an evaluate function; the default evaluation "
+                          "only returns 'val_loss'")
+
+
+@dataclass(eq=False)
+class _Loop:
+    """One call of :func:`fit` after ``accelerator.prepare``: its settings, the prepared objects, the
+    :class:`TrainState` and what passes between the parts below (the RNG states to put back after a resume,
+    the best weights kept in memory when there is no ``out_dir``)."""
+
+    acc: Any
+    model: nn.Module  # as prepared (possibly wrapped for several processes)
+    raw: nn.Module  # the model itself: checkpoints, callbacks, the result
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: Any
+    loss_fn: Callable[[nn.Module, Any], Any]
+    eval_fn: Callable[[nn.Module, Iterable], Mapping[str, float]] | None
+    val_loader: Iterable | None
+    epochs: int
+    monitor: str
+    mode: str
+    scheduler_step: str
+    max_grad_norm: float | None
+    patience: int
+    save_every_steps: int | None
+    callbacks: list
+    max_steps: int | None
+    restore_best: bool
+    log_every: int
+    desc: str
+    out: Path | None
+    fingerprint: str
+    state: TrainState = field(init=False)
+    resumed_from: dict | None = field(default=None, init=False)
+    restore_rng: tuple[dict, dict] | None = field(default=None, init=False)
+    best_in_memory: dict[str, torch.Tensor] | None = field(default=None, init=False)
+    steps_per_epoch: int | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.state = TrainState(model=self.raw)
+        self.last_path = self.out / "last.safetensors" if self.out else None
+        self.best_path = self.out / "best.safetensors" if self.out else None
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue from ``last`` if there is one: weights, optimiser, scheduler and loop state now, the RNG
+        states later, when the epoch's loader has started (:meth:`_epoch_batches`)."""
+        if self.last_path is None or not self.last_path.is_file():
+            return
+        tensors, saved = _read_last(self.last_path, self.fingerprint)
+        _apply_weights(self.raw, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")},
+                       self.last_path, True)
+        self.optimizer.load_state_dict(_unflatten_optimizer(tensors, saved["optimizer"]))
+        if self.scheduler is not None and saved.get("scheduler") is not None:
+            self.scheduler.load_state_dict(saved["scheduler"])
+        st = self.state
+        for key in _LOOP_FIELDS:
+            setattr(st, key, saved[key])
+        self.restore_rng = (tensors, saved["rng"])
+        self.resumed_from = {"epoch": st.epoch, "step_in_epoch": st.step_in_epoch, "global_step": st.global_step}
+        log.info("resuming from %s at epoch %d step %d", self.last_path, st.epoch, st.step_in_epoch)
+
+    def write_last(self) -> None:
+        """Write ``last`` and ``history.json`` (main process, between barriers); nothing without ``out_dir``."""
+        if self.last_path is None:
+            return
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            tensors, metadata = _pack_last(self.raw, self.optimizer, self.scheduler, self.state, self.fingerprint)
+            atomic_save_tensors(tensors, self.last_path, metadata)
+            atomic_write_text(self.out / "history.json", json.dumps(self.state.history, indent=1))
+        self.acc.wait_for_everyone()
+
+    # -- random-number states -------------------------------------------------------------------
+    def _restore_rng(self) -> None:
+        """Put back the RNG states read by :meth:`resume`, once."""
+        _set_rng_state(*self.restore_rng)
+        self.restore_rng = None
+
+    def _epoch_batches(self, epoch: int) -> Iterable:
+        """This epoch's batches, without those already done before a mid-epoch resume; the RNG states of a
+        resume are put back where they were captured relative to the loader's start."""
+        st = self.state
+        if hasattr(self.train_loader, "set_epoch"):
+            self.train_loader.set_epoch(epoch)
+        loader = self.train_loader
+        if st.step_in_epoch:
+            loader = self.acc.skip_first_batches(self.train_loader, st.step_in_epoch)
+        if self.restore_rng is not None and not st.step_in_epoch:
+            # At an epoch boundary the state was saved before this epoch's loader started.
+            self._restore_rng()
+        iterator: Iterable = iter(loader)
+        if self.restore_rng is not None:
+            # Mid-epoch the state was saved after the loader had started and prefetched the next
+            # batch; accelerate's loader starts lazily, so fetch the first batch, then restore.
+            try:
+                first = next(iterator)  # type: ignore[call-overload]
+            except StopIteration:
+                first = None
+            self._restore_rng()
+            iterator = itertools.chain([first], iterator) if first is not None else iter(())
+        return iterator
+
+    # -- training -------------------------------------------------------------------------------
+    def run(self) -> None:
+        """The epochs: train, validate and select, step an epoch scheduler, record, checkpoint, stop."""
+        st = self.state
+        try:
+            self.steps_per_epoch = len(self.train_loader)
+        except TypeError:
+            self.steps_per_epoch = None
+        while not st.finished and st.epoch < self.epochs:
+            if self.max_steps is not None and st.global_step >= self.max_steps:
+                break
+            epoch = st.epoch
+            batches = self._epoch_batches(epoch)
+            self.model.train()
+            t_epoch = time.perf_counter()
+            run_loss, run_n, stop_now = self._train_epoch(epoch, batches)
+            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": run_loss / max(run_n, 1),
+                                      "steps": st.global_step, "lr": self.optimizer.param_groups[0]["lr"]}
+            if self.eval_fn is not None:
+                record.update(self._validate(epoch))
+            if self.scheduler is not None and self.scheduler_step == "epoch":
+                self.scheduler.step()
+            record["seconds"] = round(time.perf_counter() - t_epoch, 3)
+            self._end_epoch(epoch, record, stop_now)
+            if st.finished:
+                break
+
+    def _train_epoch(self, epoch: int, batches: Iterable) -> tuple[float, int, bool]:
+        """Train on ``batches`` under a progress bar, writing ``last`` every ``save_every_steps``; returns the
+        epoch's loss sum and batch count (counting those before a mid-epoch resume) and whether ``max_steps``
+        was reached."""
+        st = self.state
+        run_loss, run_n = 0.0, 0
+        if st.step_in_epoch:
+            prev = st.history.get("partial_epoch") or {}
+            run_loss, run_n = prev.get("loss_sum", 0.0), prev.get("n", 0)
+        bar = tqdm(total=self.steps_per_epoch, initial=st.step_in_epoch,
+                   desc=f"{self.desc} {epoch + 1}/{self.epochs}", disable=not self.acc.is_local_main_process,
+                   leave=False)
+        stop_now = False
+        for batch in batches:
+            lval, logs = self._train_step(epoch, batch)
+            run_loss += lval
+            run_n += 1
+            self._record_step(epoch, lval, logs, bar)
+            if self.save_every_steps and st.global_step % self.save_every_steps == 0:
+                st.history["partial_epoch"] = {"loss_sum": run_loss, "n": run_n}
+                self.write_last()
+            if self.max_steps is not None and st.global_step >= self.max_steps:
+                stop_now = True
+                break
+        bar.close()
+        st.history.pop("partial_epoch", None)
+        return run_loss, run_n, stop_now
+
+    def _train_step(self, epoch: int, batch: Any) -> tuple[float, dict[str, float]]:
+        """Forward, backward and (when gradients sync) clipping, optimiser and step-scheduler steps on one batch;
+        returns the loss (averaged over processes) and the loss function's extra logs."""
+        acc, st = self.acc, self.state
+        with acc.accumulate(self.model):
+            loss, logs = _split_loss(self.loss_fn(self.model, batch))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{self.desc}: loss became {float(loss.detach())} at epoch {epoch + 1}, "
+                                         f"step {st.step_in_epoch + 1}")
+            acc.backward(loss)
+            if acc.sync_gradients and self.max_grad_norm is not None:
+                acc.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+            self.optimizer.step()
+            if acc.sync_gradients:
+                st.optimizer_steps += 1
+                if self.scheduler is not None and self.scheduler_step == "step":
+                    self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        lval = float(acc.reduce(loss.detach().clone(), reduction="mean")) if acc.num_processes > 1 \
+            else float(loss.detach())
+        return lval, logs
+
+    def _record_step(self, epoch: int, lval: float, logs: dict[str, float], bar: Any) -> None:
+        """Advance the step counters, log every ``log_every`` steps to the history, update the bar, then call
+        ``on_step_end``."""
+        st = self.state
+        st.step_in_epoch += 1
+        st.global_step += 1
+        st.logs = {"loss": lval, **logs}
+        if st.global_step % max(self.log_every, 1) == 0 or st.global_step == 1:
+            lr = self.optimizer.param_groups[0]["lr"]
+            st.history["steps"].append({"step": st.global_step, "epoch": epoch + 1,
+                                        "loss": lval, "lr": lr, **logs})
+        bar.update(1)
+        bar.set_postfix(loss=f"{lval:.4f}")
+        _call(self.callbacks, "on_step_end", st)
+
+    # -- validation and selection -----------------------------------------------------------------
+    def _validate(self, epoch: int) -> dict[str, float]:
+        """Evaluate on the whole validation loader, check the monitored metric, select on it; returns the
+        metrics as floats."""
+        self.model.eval()
+        with torch.no_grad():
+            metrics = dict(self.eval_fn(self.model, self.val_loader))
+        if self.monitor not in metrics:
+            raise ConfigError(f"monitor={self.monitor!r} is not among the validation metrics "
+                              f"{sorted(metrics)}")
+        values = {k: float(v) for k, v in metrics.items()}
+        value = float(metrics[self.monitor])
+        if math.isnan(value):
+            raise FloatingPointError(f"{self.desc}: validation metric {self.monitor!r} is NaN at epoch {epoch + 1}")
+        self._select_best(epoch, value)
+        return values
+
+    def _improves(self, value: float) -> bool:
+        """Whether ``value`` of the monitored metric beats the best so far (or is the first)."""
+        best = self.state.best_metric
+        return best is None or (value < best if self.mode == "min" else value > best)
+
+    def _select_best(self, epoch: int, value: float) -> None:
+        """Keep the best epoch: write ``best`` (or, without ``out_dir``, keep its weights in memory when they
+        will be restored) on an improvement; count a bad epoch otherwise."""
+        st = self.state
+        if self._improves(value):
+            st.best_metric, st.best_epoch, st.bad_epochs = value, epoch + 1, 0
+            if self.best_path is not None:
+                self.acc.wait_for_everyone()
+                if self.acc.is_main_process:
+                    save_weights(self.raw, self.best_path, {"epoch": epoch + 1, self.monitor: value})
+                self.acc.wait_for_everyone()
+            elif self.restore_best:
+                self.best_in_memory = _weight_tensors(self.raw)
+        else:
+            st.bad_epochs += 1
+
+    # -- end of an epoch, end of the run ------------------------------------------------------------
+    def _stops_early(self, epoch: int) -> bool:
+        """Early stopping: ``patience`` epochs in a row without improvement (only with validation)."""
+        if self.patience and self.eval_fn is not None and self.state.bad_epochs >= self.patience:
+            log.info("early stopping after epoch %d (no improvement in %d epochs)", epoch + 1, self.patience)
+            return True
+        return False
+
+    def _end_epoch(self, epoch: int, record: dict[str, Any], stop_now: bool) -> None:
+        """Record the epoch, move to the next, decide whether the run is finished, write ``last``, then call
+        ``on_epoch_end``."""
+        st = self.state
+        st.history["epochs"].append(record)
+        st.epoch += 1
+        st.step_in_epoch = 0
+        if self._stops_early(epoch):
+            st.stopped_early = True
+        if st.stopped_early or st.epoch >= self.epochs or stop_now:
+            st.finished = True
+        self.write_last()
+        _call(self.callbacks, "on_epoch_end", st)
+
+    def finish(self) -> FitResult:
+        """Restore the best weights (if asked and validated), write the final ``history.json``, call
+        ``on_fit_end`` and return the result."""
+        st = self.state
+        if self.restore_best and self.eval_fn is not None:
+            if self.best_path is not None and self.best_path.is_file():
+                load_weights(self.raw, self.best_path)
+            elif self.best_in_memory is not None:
+                _apply_weights(self.raw, self.best_in_memory, Path("<memory>"), True)
+        if self.out is not None and self.acc.is_main_process:
+            atomic_write_text(self.out / "history.json", json.dumps(st.history, indent=1))
+        st.finished = True
+        _call(self.callbacks, "on_fit_end", st)
+        return FitResult(model=self.raw, history=st.history, best_metric=st.best_metric, best_epoch=st.best_epoch,
+                         stopped_early=st.stopped_early, out_dir=self.out, resumed_from=self.resumed_from)
 
 
 def fit(
@@ -417,212 +721,28 @@ def fit(
     ``scheduler`` is stepped after every optimiser step (``scheduler_step="step"``) or every
     epoch (``"epoch"``). ``max_steps`` caps the number of training batches over all epochs.
     """
-    if epochs < 1:
-        raise ConfigError(f"epochs: expected >= 1, found {epochs}")
-    if mode not in ("min", "max"):
-        raise ConfigError(f"mode: expected 'min' or 'max', found {mode!r}")
-    if scheduler_step not in ("step", "epoch"):
-        raise ConfigError(f"scheduler_step: expected 'step' or 'epoch', found {scheduler_step!r}")
-    if grad_accum < 1:
-        raise ConfigError(f"grad_accum: expected >= 1, found {grad_accum}")
-    has_val = val_loader is not None
-    if evaluate is not None and not has_val:
-        raise ConfigError("evaluate was given without val_loader: pass the validation loader too")
-    if has_val and evaluate is None and monitor != "val_loss":
-        raise ConfigError(f"monitor={monitor!r} needs an evaluate function; the default evaluation "
-                          "only returns 'val_loss'")
+    _check_fit_arguments(epochs, mode, scheduler_step, grad_accum, val_loader, evaluate, monitor)
     callbacks = list(callbacks)
 
     acc = _make_accelerator(mixed_precision, grad_accum, seed, cpu)
-    out = Path(out_dir) if out_dir is not None else None
-    last_path = out / "last.safetensors" if out else None
-    best_path = out / "best.safetensors" if out else None
-    fingerprint = _fingerprint(model)
-
+    fingerprint = _fingerprint(model)  # of the model itself, before accelerate wraps it
     if scheduler is not None:
         model, optimizer, train_loader, scheduler = acc.prepare(model, optimizer, train_loader, scheduler)
     else:
         model, optimizer, train_loader = acc.prepare(model, optimizer, train_loader)
     raw = acc.unwrap_model(model)
-    device = acc.device
-    eval_fn = evaluate or (_default_evaluate(loss_fn, device) if has_val else None)
-    better = (lambda a, b: a < b) if mode == "min" else (lambda a, b: a > b)
+    eval_fn = evaluate or (_default_evaluate(loss_fn, acc.device) if val_loader is not None else None)
 
-    state = TrainState(model=raw)
-    resumed_from: dict | None = None
-    restore_rng: tuple[dict, dict] | None = None
-    if resume and last_path is not None and last_path.is_file():
-        try:
-            tensors = load_file(str(last_path))
-            from safetensors import safe_open
-            with safe_open(str(last_path), framework="pt") as fh:
-                saved = json.loads((fh.metadata() or {})[_STATE_KEY])
-        except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{last_path}: cannot resume from this checkpoint ({exc}); "
-                                  "delete it to start afresh") from exc
-        if saved["fingerprint"] != fingerprint:
-            raise CheckpointError(f"{last_path}: written by another model configuration (trainable-parameter "
-                                  f"fingerprint {saved['fingerprint']}, this model {fingerprint}); "
-                                  "use another out_dir or delete the checkpoint")
-        _apply_weights(raw, {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}, last_path, True)
-        optimizer.load_state_dict(_unflatten_optimizer(tensors, saved["optimizer"]))
-        if scheduler is not None and saved.get("scheduler") is not None:
-            scheduler.load_state_dict(saved["scheduler"])
-        for key in ("epoch", "step_in_epoch", "global_step", "optimizer_steps", "best_metric", "best_epoch",
-                    "bad_epochs", "finished", "stopped_early", "history"):
-            setattr(state, key, saved[key])
-        restore_rng = (tensors, saved["rng"])
-        resumed_from = {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "global_step": state.global_step}
-        log.info("resuming from %s at epoch %d step %d", last_path, state.epoch, state.step_in_epoch)
-
-    def write_last() -> None:
-        if last_path is None:
-            return
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            tensors = {f"model/{k}": v for k, v in _weight_tensors(raw).items()}
-            opt_t, opt_meta = _flatten_optimizer(optimizer.state_dict())
-            rng_t, rng_meta = _rng_state()
-            tensors.update(opt_t)
-            tensors.update(rng_t)
-            saved = {
-                "fingerprint": fingerprint, "optimizer": _jsonable(opt_meta), "rng": rng_meta,
-                "scheduler": _jsonable(scheduler.state_dict()) if scheduler is not None else None,
-                "epoch": state.epoch, "step_in_epoch": state.step_in_epoch, "global_step": state.global_step,
-                "optimizer_steps": state.optimizer_steps, "best_metric": state.best_metric,
-                "best_epoch": state.best_epoch, "bad_epochs": state.bad_epochs, "finished": state.finished,
-                "stopped_early": state.stopped_early, "history": state.history,
-            }
-            atomic_save_tensors(tensors, last_path, {"format": "pt", _STATE_KEY: json.dumps(saved)})
-            atomic_write_text(out / "history.json", json.dumps(state.history, indent=1))
-        acc.wait_for_everyone()
-
-    try:
-        steps_per_epoch = len(train_loader)  # type: ignore[arg-type]
-    except TypeError:
-        steps_per_epoch = None
-
-    best_in_memory: dict[str, torch.Tensor] | None = None  # the best weights when there is no out_dir
+    loop = _Loop(acc=acc, model=model, raw=raw, optimizer=optimizer, scheduler=scheduler,
+                 train_loader=train_loader, loss_fn=loss_fn, eval_fn=eval_fn, val_loader=val_loader, epochs=epochs,
+                 monitor=monitor, mode=mode, scheduler_step=scheduler_step, max_grad_norm=max_grad_norm,
+                 patience=patience, save_every_steps=save_every_steps, callbacks=callbacks, max_steps=max_steps,
+                 restore_best=restore_best, log_every=log_every, desc=desc,
+                 out=Path(out_dir) if out_dir is not None else None, fingerprint=fingerprint)
+    if resume:
+        loop.resume()
     t_start = time.perf_counter()
-    while not state.finished and state.epoch < epochs:
-        if max_steps is not None and state.global_step >= max_steps:
-            break
-        epoch = state.epoch
-        if hasattr(train_loader, "set_epoch"):
-            train_loader.set_epoch(epoch)
-        loader = train_loader
-        if state.step_in_epoch:
-            loader = acc.skip_first_batches(train_loader, state.step_in_epoch)
-        if restore_rng is not None and not state.step_in_epoch:
-            # At an epoch boundary the state was saved before this epoch's loader started.
-            _set_rng_state(*restore_rng)
-            restore_rng = None
-        iterator: Iterable = iter(loader)
-        if restore_rng is not None:
-            # Mid-epoch the state was saved after the loader had started and prefetched the next
-            # batch; accelerate's loader starts lazily, so fetch the first batch, then restore.
-            try:
-                first = next(iterator)  # type: ignore[call-overload]
-            except StopIteration:
-                first = None
-            _set_rng_state(*restore_rng)
-            restore_rng = None
-            iterator = itertools.chain([first], iterator) if first is not None else iter(())
-        model.train()
-        t_epoch = time.perf_counter()
-        run_loss, run_n = 0.0, 0
-        if state.step_in_epoch:
-            prev = state.history.get("partial_epoch") or {}
-            run_loss, run_n = prev.get("loss_sum", 0.0), prev.get("n", 0)
-        bar = tqdm(total=steps_per_epoch, initial=state.step_in_epoch, desc=f"{desc} {epoch + 1}/{epochs}",
-                   disable=not acc.is_local_main_process, leave=False)
-        stop_now = False
-        for batch in iterator:
-            with acc.accumulate(model):
-                loss, logs = _split_loss(loss_fn(model, batch))
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{desc}: loss became {float(loss.detach())} at epoch {epoch + 1}, "
-                                             f"step {state.step_in_epoch + 1}")
-                acc.backward(loss)
-                if acc.sync_gradients and max_grad_norm is not None:
-                    acc.clip_grad_norm_(model.parameters(), max_grad_norm)
-                optimizer.step()
-                if acc.sync_gradients:
-                    state.optimizer_steps += 1
-                    if scheduler is not None and scheduler_step == "step":
-                        scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            lval = float(acc.reduce(loss.detach().clone(), reduction="mean")) if acc.num_processes > 1 \
-                else float(loss.detach())
-            run_loss += lval
-            run_n += 1
-            state.step_in_epoch += 1
-            state.global_step += 1
-            state.logs = {"loss": lval, **logs}
-            if state.global_step % max(log_every, 1) == 0 or state.global_step == 1:
-                lr = optimizer.param_groups[0]["lr"]
-                state.history["steps"].append({"step": state.global_step, "epoch": epoch + 1,
-                                               "loss": lval, "lr": lr, **logs})
-            bar.update(1)
-            bar.set_postfix(loss=f"{lval:.4f}")
-            _call(callbacks, "on_step_end", state)
-            if save_every_steps and state.global_step % save_every_steps == 0:
-                state.history["partial_epoch"] = {"loss_sum": run_loss, "n": run_n}
-                write_last()
-            if max_steps is not None and state.global_step >= max_steps:
-                stop_now = True
-                break
-        bar.close()
-        state.history.pop("partial_epoch", None)
-        record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": run_loss / max(run_n, 1),
-                                  "steps": state.global_step, "lr": optimizer.param_groups[0]["lr"]}
-        if eval_fn is not None:
-            model.eval()
-            with torch.no_grad():
-                metrics = dict(eval_fn(model, val_loader))
-            if monitor not in metrics:
-                raise ConfigError(f"monitor={monitor!r} is not among the validation metrics "
-                                  f"{sorted(metrics)}")
-            record.update({k: float(v) for k, v in metrics.items()})
-            value = float(metrics[monitor])
-            if math.isnan(value):
-                raise FloatingPointError(f"{desc}: validation metric {monitor!r} is NaN at epoch {epoch + 1}")
-            if state.best_metric is None or better(value, state.best_metric):
-                state.best_metric, state.best_epoch, state.bad_epochs = value, epoch + 1, 0
-                if best_path is not None:
-                    acc.wait_for_everyone()
-                    if acc.is_main_process:
-                        save_weights(raw, best_path, {"epoch": epoch + 1, monitor: value})
-                    acc.wait_for_everyone()
-                elif restore_best:
-                    best_in_memory = _weight_tensors(raw)
-            else:
-                state.bad_epochs += 1
-        if scheduler is not None and scheduler_step == "epoch":
-            scheduler.step()
-        record["seconds"] = round(time.perf_counter() - t_epoch, 3)
-        state.history["epochs"].append(record)
-        state.epoch += 1
-        state.step_in_epoch = 0
-        if patience and eval_fn is not None and state.bad_epochs >= patience:
-            state.stopped_early = True
-            log.info("early stopping after epoch %d (no improvement in %d epochs)", epoch + 1, patience)
-        if state.stopped_early or state.epoch >= epochs or stop_now:
-            state.finished = True
-        write_last()
-        _call(callbacks, "on_epoch_end", state)
-        if state.finished:
-            break
-
-    if restore_best and eval_fn is not None:
-        if best_path is not None and best_path.is_file():
-            load_weights(raw, best_path)
-        elif best_in_memory is not None:
-            _apply_weights(raw, best_in_memory, Path("<memory>"), True)
-    if out is not None and acc.is_main_process:
-        atomic_write_text(out / "history.json", json.dumps(state.history, indent=1))
-    state.finished = True
-    _call(callbacks, "on_fit_end", state)
-    log.info("fit: %d steps in %.1f s", state.global_step, time.perf_counter() - t_start)
-    return FitResult(model=raw, history=state.history, best_metric=state.best_metric, best_epoch=state.best_epoch,
-                     stopped_early=state.stopped_early, out_dir=out, resumed_from=resumed_from)
+    loop.run()
+    result = loop.finish()
+    log.info("fit: %d steps in %.1f s", loop.state.global_step, time.perf_counter() - t_start)
+    return result

@@ -8,8 +8,8 @@ import torch
 
 from brainkit import losses as L
 from brainkit.errors import ConfigError, DataError
-from brainkit.models import brat as B
-from brainkit.models.factory import load_model, load_tokenizer
+from brainkit.hub import load_model, load_tokenizer
+from brainkit.methods import brat as B
 
 GRID = (32, 32, 16)
 

@@ -8,9 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from brainkit.cache import building_folder, fingerprint
+from brainkit.cache import atomic_save_tensors, atomic_write_text, building_folder, fingerprint
 from brainkit.data import formats
-from brainkit.train import atomic_save_tensors, atomic_write_text
 
 
 def test_fingerprint_changes_with_any_input():

@@ -1,4 +1,4 @@
-"""brainkit.models.clip_localiser: the frozen-CLIP patch decoder of BrainMRI-GPT."""
+"""brainkit.methods.brainmri_gpt: the frozen-CLIP patch decoder of BrainMRI-GPT."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from brainkit.errors import ConfigError, DataError
+from brainkit.methods import brainmri_gpt as cl
 from brainkit.metrics.localisation import pixel_auroc
-from brainkit.models import clip_localiser as cl
 
 SIZE = 32
 

@@ -1,4 +1,4 @@
-"""brainkit.explain: brain-masked SLIC supervoxels and 3D LIME find the region the score depends on."""
+"""brainkit.methods.braingemma3d.lime: brain-masked SLIC supervoxels and 3D LIME find the region the score depends on."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from brainkit.errors import ConfigError, DataError
-from brainkit.explain import lime_3d, save_lime_figures, supervoxels, weight_volume
+from brainkit.methods.braingemma3d.lime import lime_3d, save_lime_figures, supervoxels, weight_volume
 
 
 def _phantom():

@@ -1,4 +1,4 @@
-"""brainkit.models.factory: sources, tiny configs, offline packages, no network."""
+"""brainkit.hub: sources, tiny configs, offline packages, no network."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
+from brainkit import hub as fa
 from brainkit.errors import ConfigError, MissingAssetError
-from brainkit.models import factory as fa
 
 TINY_KINDS = [("clip", "clip", "CLIPModel"), ("siglip", "siglip", "SiglipModel"),
               ("siglip", "siglip_vision", "SiglipVisionModel"), ("llama", "causal_lm", "LlamaForCausalLM"),

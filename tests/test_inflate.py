@@ -1,12 +1,12 @@
-"""brainkit.models.inflate: a 2D vision tower inflated to 3D keeps what the 2D model computes."""
+"""brainkit.methods.braingemma3d.inflate: a 2D vision tower inflated to 3D keeps what the 2D model computes."""
 
 import pytest
 import torch
 import transformers
 
 from brainkit.errors import ConfigError, DataError
-from brainkit.models.factory import load_model
-from brainkit.models.inflate import inflate_patch_kernel, inflate_vision_tower, token_grid
+from brainkit.hub import load_model
+from brainkit.methods.braingemma3d.inflate import inflate_patch_kernel, inflate_vision_tower, token_grid
 
 
 @pytest.fixture(scope="module")

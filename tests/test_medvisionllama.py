@@ -1,4 +1,4 @@
-"""brainkit.models.medvisionllama: the frozen LLM layer, mappers, positions, decoders, variants, bad input."""
+"""brainkit.methods.medvisionllama: the frozen LLM layer, mappers, positions, decoders, variants, bad input."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from brainkit.errors import ConfigError, DataError
-from brainkit.metrics.segmentation import case_metrics
-from brainkit.models.factory import load_model
-from brainkit.models.medvisionllama import (
+from brainkit.hub import load_model
+from brainkit.methods.medvisionllama import (
     DimensionMapper,
     FrozenLLMLayer,
     LLMBlock,
@@ -23,6 +22,7 @@ from brainkit.models.medvisionllama import (
     token_activation_maps,
     variant_config,
 )
+from brainkit.metrics.segmentation import case_metrics
 
 SMALL = MVLConfig(img_size=(16, 16, 8), patch_size=(4, 4, 4), hidden_size=32, mlp_dim=64, num_layers=2,
                   num_heads=4, decoder_channels=(16, 8))

@@ -1,4 +1,4 @@
-"""brainkit.models.report_data: the BrainGemma3D cohort read from BraTS 2020 + TextBraTS folders."""
+"""brainkit.methods.braingemma3d.data: the BrainGemma3D cohort read from BraTS 2020 + TextBraTS folders."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from brainkit.data import formats
 from brainkit.data.phantoms import generate_cohort
 from brainkit.errors import DataError
-from brainkit.models import report_data
+from brainkit.methods.braingemma3d import data as report_data
 from brainkit.profiles import resolve
 
 

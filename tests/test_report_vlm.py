@@ -1,12 +1,12 @@
-"""brainkit.models.report_vlm: tower -> compressor -> projector -> causal LM, the stages, generation."""
+"""brainkit.generation: tower -> compressor -> projector -> causal LM, the stages, generation."""
 
 import pytest
 import torch
 
 from brainkit.errors import CheckpointError, ConfigError, DataError
-from brainkit.models.factory import load_model
-from brainkit.models.inflate import inflate_vision_tower
-from brainkit.models.report_vlm import GENERATION, ReportVLM, load_language_model
+from brainkit.generation import GENERATION, ReportVLM, load_language_model
+from brainkit.hub import load_model
+from brainkit.methods.braingemma3d.inflate import inflate_vision_tower
 from brainkit.train import load_weights, save_weights
 
 
@@ -158,7 +158,7 @@ def test_real_gemma3_270m_in_4bit_with_lora_trains_two_steps_and_generates():
 
 
 def test_stage_checkpoint_round_trip_and_other_configuration_is_refused(tmp_path):
-    from brainkit.models.report_vlm import SliceTower2D
+    from brainkit.methods.braingemma3d.model import SliceTower2D
 
     m = _vlm()
     m.set_stage("phase2a")
@@ -192,7 +192,7 @@ def test_stage_checkpoint_round_trip_and_other_configuration_is_refused(tmp_path
 
 
 def test_slice_tower_reads_the_middle_slice():
-    from brainkit.models.report_vlm import SliceTower2D
+    from brainkit.methods.braingemma3d.model import SliceTower2D
 
     v2d = load_model("tiny:siglip", kind="siglip_vision", seed=0, vision_image_size=32, vision_num_hidden_layers=1)
     tower = SliceTower2D(v2d).eval()

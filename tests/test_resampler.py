@@ -1,10 +1,10 @@
-"""brainkit.models.resampler: Perceiver resampler and the adaptive-pool compressor."""
+"""brainkit.generation: Perceiver resampler and the adaptive-pool compressor."""
 
 import pytest
 import torch
 
 from brainkit.errors import ConfigError, DataError
-from brainkit.models.resampler import AdaptivePoolCompressor, PerceiverResampler, make_compressor
+from brainkit.generation import AdaptivePoolCompressor, PerceiverResampler, make_compressor
 
 
 def test_perceiver_shapes_and_order_invariance():

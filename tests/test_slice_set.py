@@ -1,4 +1,4 @@
-"""brainkit.data.slices: figshare positives + Kaggle negatives, one pipeline, de-duplicated."""
+"""brainkit.methods.brainmri_gpt.data: figshare positives + Kaggle negatives, one pipeline, de-duplicated."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from brainkit.data import formats, manifests, slices
+from brainkit.data import formats, manifests
 from brainkit.errors import ConfigError, DataError
+from brainkit.methods.brainmri_gpt import data as slices
 
 
 def _img(seed, size=40):

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from brainkit.errors import DataError
-from brainkit.models import standin
-from brainkit.models.factory import load_model
+from brainkit.hub import load_model
+from brainkit.methods.braingemma3d import standin
 
 
 def _cohort(n=6, d=8, s=32):

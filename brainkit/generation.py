@@ -10,13 +10,13 @@ Introduced in ``05_braingemma3d_training`` (the three training stages) and evalu
     LM input: [<bos>] [K visual tokens] [prompt tokens] [report tokens] [<eos>]
 
 The vision tower is any module that maps a volume to ``(B, N, d_v)`` tokens and has a
-``hidden_size`` attribute (the inflated SigLIP of :mod:`brainkit.models.inflate`, or brat's
+``hidden_size`` attribute (the inflated SigLIP of :mod:`brainkit.methods.braingemma3d.inflate`, or brat's
 encoder). Gemma 3 multiplies its token embeddings by ``sqrt(d_lm)`` inside the embedding layer, so
 the visual tokens, which bypass it, must be brought to the same scale: the learnable scalar
 ``vis_scale`` does that (:meth:`ReportVLM.calibrate_vis_scale` sets its starting value so that
 visual and text embeddings have the same root-mean-square).
 
-The language model comes from :func:`load_language_model`: any ``brainkit.models.factory`` source,
+The language model comes from :func:`load_language_model`: any ``brainkit.hub`` source,
 optionally in 4-bit NF4 with double quantisation (bitsandbytes; works on CPU too) and prepared for
 k-bit training (peft), frozen; :meth:`ReportVLM.add_lora` puts peft LoRA adapters on the attention
 projections q/k/v/o (rank 4 as the card; the released code uses r=16, alpha=32).
@@ -37,12 +37,11 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError, DataError
-from ..losses import info_nce
-from .inflate import check_volume
-from .resampler import make_compressor
+from .errors import CheckpointError, ConfigError, DataError
+from .losses import info_nce
 
-__all__ = ["ReportVLM", "SliceTower2D", "load_language_model", "lora_config", "CANONICAL_PROMPT", "GENERATION",
+__all__ = ["ReportVLM", "load_language_model", "lora_config", "check_volume", "PerceiverResampler",
+           "AdaptivePoolCompressor", "make_compressor", "COMPRESSORS", "CANONICAL_PROMPT", "GENERATION",
            "LORA_TARGETS", "STAGES"]
 
 log = logging.getLogger(__name__)
@@ -55,6 +54,28 @@ GENERATION: dict[str, Any] = dict(max_new_tokens=256, do_sample=True, temperatur
 #: The attention projections that get LoRA adapters.
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 STAGES = ("phase1", "phase2a", "phase2b", "frozen")
+
+
+def check_volume(volume: Any, name: str = "volume", channels: int | None = 1) -> torch.Tensor:
+    """A ``(B, C, D, H, W)`` float tensor without NaN/inf, or a :class:`DataError` saying what is wrong.
+
+    A 4D ``(B, D, H, W)`` tensor gets the channel axis added when ``channels == 1``.
+    """
+    if not isinstance(volume, torch.Tensor):
+        raise DataError(None, name, "a torch.Tensor (B, C, D, H, W)", type(volume).__name__)
+    if volume.dim() == 4 and channels == 1:
+        volume = volume.unsqueeze(1)
+    if volume.dim() != 5:
+        raise DataError(None, name, "a 5D tensor (B, C, D, H, W) or 4D (B, D, H, W)",
+                        f"{volume.dim()}D shape {tuple(volume.shape)}")
+    if channels is not None and volume.shape[1] != channels:
+        raise DataError(None, name, f"{channels} channel(s) on axis 1", f"shape {tuple(volume.shape)}")
+    if not volume.is_floating_point():
+        volume = volume.float()
+    if not bool(torch.isfinite(volume).all()):
+        n = int((~torch.isfinite(volume)).sum())
+        raise DataError(None, name, "finite voxel values", f"{n} NaN/inf voxels")
+    return volume
 
 
 def lora_config(rank: int = 4, alpha: int | None = None, dropout: float = 0.05):
@@ -77,7 +98,7 @@ def load_language_model(source: str, *, quantize_4bit: bool = False, cache_dir: 
     image-text checkpoint such as ``google/medgemma-1.5-4b-it`` the causal-LM class loads its language
     model.
     """
-    from .factory import load_model, load_tokenizer, parse_source
+    from .hub import load_model, load_tokenizer, parse_source
 
     src = parse_source(source)
     qconf = None
@@ -103,31 +124,6 @@ def load_language_model(source: str, *, quantize_4bit: bool = False, cache_dir: 
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return lm, tok
-
-
-class SliceTower2D(nn.Module):
-    """The card's 2D-slice baseline as a vision tower: the middle axial slice of each volume through a 2D
-    transformers vision model (``SiglipVisionModel`` / ``CLIPVisionModel``), its patch tokens out.
-
-    Same interface as the inflated tower (``forward(volume (B, 1, D, H, W)) -> (B, N, dim)``, ``hidden_size``), so
-    :class:`ReportVLM` uses it unchanged. A one-channel slice is repeated over the model's input channels.
-    Introduced in ``05_braingemma3d_training`` (trained there beside the 3D model), evaluated in ``06``.
-    """
-
-    def __init__(self, model2d: nn.Module):
-        super().__init__()
-        self.model = getattr(model2d, "vision_model", model2d)
-        cfg = getattr(model2d, "config", None)
-        cfg = getattr(cfg, "vision_config", cfg)
-        self.hidden_size = int(cfg.hidden_size)
-        self.channels = int(getattr(cfg, "num_channels", 1))
-
-    def forward(self, volume: torch.Tensor) -> torch.Tensor:
-        volume = check_volume(volume)
-        mid = volume[:, :, volume.shape[2] // 2]
-        if self.channels != 1:
-            mid = mid.expand(-1, self.channels, -1, -1)
-        return self.model(pixel_values=mid).last_hidden_state
 
 
 class ReportVLM(nn.Module):
@@ -214,7 +210,7 @@ class ReportVLM(nn.Module):
         so :meth:`load_stage` can refuse a checkpoint of another configuration. Returns the path."""
         import json
 
-        from ..train import atomic_save_tensors
+        from .cache import atomic_save_tensors
 
         meta = {"format": "pt", "brainkit_vlm": json.dumps(self._config()), "brainkit_meta": json.dumps(metadata)}
         return atomic_save_tensors(self.stage_tensors(), path, meta)
@@ -402,3 +398,104 @@ class ReportVLM(nn.Module):
         out = self.lm.generate(**inputs, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None
                                else tok.eos_token_id, eos_token_id=tok.eos_token_id, **settings)
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+
+
+# -- token compressors: many vision tokens in, a fixed small number out -------------------------------
+#
+# Token compressors: many vision tokens in, a fixed small number out.
+#
+# Introduced in ``04_inflating_encoders`` (token counts per input size) and used by the report generator of
+# ``05_braingemma3d_training`` (BrainGemma3D, METHODS.md §B). A 3D tower yields hundreds or thousands of
+# tokens; the language model gets 32.
+#
+# - :class:`PerceiverResampler` (the model card, default): ``L`` learned latent vectors cross-attend
+#   to the tokens, then pass a feed-forward block, ``depth`` times (Flamingo's resampler: keys and
+#   values are the tokens concatenated with the latents). No position information is added, so the
+#   output does not depend on the order of the input tokens.
+# - :class:`AdaptivePoolCompressor` (the released code): adaptive average pooling over the token
+#   axis to ``L`` tokens, in the tokens' order; no parameters.
+#
+# Both take ``(B, N, dim)`` and return ``(B, L, dim)``.
+
+COMPRESSORS = ("perceiver", "pool")
+
+
+def _check_tokens(tokens: torch.Tensor, dim: int | None) -> None:
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 3:
+        raise DataError(None, "tokens", "a (B, N, dim) tensor",
+                        tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__)
+    if tokens.shape[1] < 1:
+        raise DataError(None, "tokens", "at least one token", tuple(tokens.shape))
+    if dim is not None and tokens.shape[2] != dim:
+        raise DataError(None, "tokens", f"feature size {dim}", tokens.shape[2])
+
+
+class _PerceiverLayer(nn.Module):
+    def __init__(self, dim: int, heads: int, ff_mult: int):
+        super().__init__()
+        self.norm_tokens = nn.LayerNorm(dim)
+        self.norm_latents = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.ff = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim))
+
+    def forward(self, latents: torch.Tensor, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None):
+        q = self.norm_latents(latents)
+        kv = torch.cat([self.norm_tokens(tokens), q], 1)
+        mask = None
+        if key_padding_mask is not None:
+            pad_lat = torch.zeros(latents.shape[:2], dtype=torch.bool, device=latents.device)
+            mask = torch.cat([key_padding_mask.bool(), pad_lat], 1)
+        out, _ = self.attn(q, kv, kv, key_padding_mask=mask, need_weights=False)
+        latents = latents + out
+        return latents + self.ff(latents)
+
+
+class PerceiverResampler(nn.Module):
+    """``num_latents`` learned queries that cross-attend to the tokens (``depth`` layers, default 2
+    with 32 latents, as the card). ``forward(tokens (B, N, dim), key_padding_mask=None) -> (B, L, dim)``;
+    ``key_padding_mask`` is True where a token is padding."""
+
+    def __init__(self, dim: int, num_latents: int = 32, depth: int = 2, heads: int = 4, ff_mult: int = 2):
+        super().__init__()
+        if num_latents < 1 or depth < 1:
+            raise ConfigError(f"PerceiverResampler: expected num_latents >= 1 and depth >= 1, found "
+                              f"{num_latents}, {depth}")
+        if dim % heads:
+            raise ConfigError(f"PerceiverResampler: dim {dim} is not divisible by heads {heads}")
+        self.dim, self.num_latents = int(dim), int(num_latents)
+        self.latents = nn.Parameter(torch.randn(num_latents, dim) * dim ** -0.5)
+        self.layers = nn.ModuleList(_PerceiverLayer(dim, heads, ff_mult) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        _check_tokens(tokens, self.dim)
+        x = self.latents.to(tokens.dtype).expand(tokens.shape[0], -1, -1)
+        for layer in self.layers:
+            x = layer(x, tokens, key_padding_mask)
+        return self.norm(x)
+
+
+class AdaptivePoolCompressor(nn.Module):
+    """The released code's compressor: ``adaptive_avg_pool1d`` over the token axis to ``num_tokens``.
+    Token ``j`` of the output is the mean of a contiguous run of about ``N / num_tokens`` inputs."""
+
+    def __init__(self, num_tokens: int = 32):
+        super().__init__()
+        if num_tokens < 1:
+            raise ConfigError(f"AdaptivePoolCompressor: expected num_tokens >= 1, found {num_tokens}")
+        self.num_latents = int(num_tokens)
+
+    def forward(self, tokens: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        _check_tokens(tokens, None)
+        if key_padding_mask is not None:
+            raise ConfigError("AdaptivePoolCompressor does not take a key_padding_mask (it pools in order)")
+        return nnf.adaptive_avg_pool1d(tokens.transpose(1, 2), self.num_latents).transpose(1, 2)
+
+
+def make_compressor(kind: str, dim: int, num_tokens: int = 32, depth: int = 2, heads: int = 4) -> nn.Module:
+    """``"perceiver"`` -> :class:`PerceiverResampler`, ``"pool"`` -> :class:`AdaptivePoolCompressor`."""
+    if kind == "perceiver":
+        return PerceiverResampler(dim, num_latents=num_tokens, depth=depth, heads=heads)
+    if kind == "pool":
+        return AdaptivePoolCompressor(num_tokens)
+    raise ConfigError(f"compressor: expected one of {', '.join(COMPRESSORS)}, found {kind!r}")

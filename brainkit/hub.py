@@ -33,8 +33,8 @@ from typing import Any
 
 import torch
 
-from ..cache import building_folder
-from ..errors import CheckpointError, ConfigError, MissingAssetError
+from .cache import building_folder
+from .errors import CheckpointError, ConfigError, MissingAssetError
 
 __all__ = [
     "ARCHS", "KINDS", "OFFLINE_MODELS", "Source", "parse_source", "tiny_config", "byte_tokenizer",
@@ -325,7 +325,7 @@ def _byte_order() -> list[str]:
 def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir).expanduser().resolve()
-    from ..env import resolve_cache_dir
+    from .env import resolve_cache_dir
 
     return resolve_cache_dir()
 

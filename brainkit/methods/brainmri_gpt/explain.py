@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DataError
+from ...errors import ConfigError, DataError
 
 __all__ = ["Findings", "findings_from_map", "overlay", "Prompt", "STYLES", "zero_shot_prompt",
            "instruction_prompt", "chain_of_thought_prompt", "build_prompt", "generate", "parse_location",

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from ..errors import DataError
-from ..train import atomic_save_tensors, atomic_write_text
+from ...cache import atomic_save_tensors, atomic_write_text
+from ...errors import DataError
 
 __all__ = ["load_cohort", "SIDES", "flip_lr", "swap_sides"]
 
@@ -55,7 +55,7 @@ def swap_sides(text: str) -> str:
 
 
 def _side(seg: np.ndarray, mask: np.ndarray) -> str:
-    from ..data.labels import laterality
+    from ...data.labels import laterality
 
     # side_fraction 0.5: every lesion gets its majority side (the probe has three classes)
     return laterality(seg, mask, side_fraction=0.5)
@@ -71,8 +71,8 @@ def load_cohort(cfg: Any, data_dir: str | os.PathLike, cache_dir: str | os.PathL
     subjects (0: ``cfg.data_subjects``, the phantom set the other notebooks use); real data under
     ``data_dir`` otherwise (BraTS 2020 + TextBraTS folders).
     """
-    from ..data import formats, manifests, transforms
-    from ..profiles import resolve
+    from ...data import formats, manifests, transforms
+    from ...profiles import resolve
 
     if cfg.data_source == "phantom":
         data_cfg = resolve(cfg, data_subjects=int(cfg.gemma_subjects)) if int(cfg.gemma_subjects) > 0 else cfg

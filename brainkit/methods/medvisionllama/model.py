@@ -44,10 +44,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from ...errors import ConfigError
 
 __all__ = ["MVLConfig", "VARIANTS", "variant_config", "FrozenLLMLayer", "DimensionMapper", "LLMBlock",
-           "MedVisionLlama", "build_loss", "sliding_window_predict", "token_activation_maps",
+           "MedVisionLlama", "token_activation_maps",
            "count_parameters"]
 
 log = logging.getLogger(__name__)
@@ -436,44 +436,6 @@ class MedVisionLlama(nn.Module):
             a, b = ab[:, : o * c].unflatten(1, (o, c)), ab[:, o * c:]
             y = (a * x[:, None]).sum(2) + b
         return y
-
-
-# --------------------------------------------------------------------------------------------
-# training and inference helpers
-# --------------------------------------------------------------------------------------------
-def build_loss(kind: str = "dicefocal", *, batch: bool = False) -> nn.Module:
-    """The segmentation loss on logits, through MONAI: ``"dicefocal"`` (soft Dice + focal) or ``"dicece"``
-    (soft Dice + binary cross-entropy), sigmoid inside. The Dice term is the soft Dice of the probabilities,
-    never of a thresholded mask (the released code's bug: a thresholded Dice has no gradient).
-    ``batch=True`` computes the Dice term over the whole batch instead of per volume: with small tumours and
-    healthy volumes in a batch, the per-volume Dice of an empty target is 0 or 1 and its gradient pushes
-    every prediction to zero; the batch Dice does not single those volumes out."""
-    from monai.losses import DiceCELoss, DiceFocalLoss
-
-    if kind == "dicefocal":
-        return DiceFocalLoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=batch)
-    if kind == "dicece":
-        return DiceCELoss(sigmoid=True, smooth_nr=1e-5, smooth_dr=1e-5, batch=batch)
-    raise ConfigError(f"loss: expected 'dicefocal' or 'dicece', found {kind!r}")
-
-
-def sliding_window_predict(model: nn.Module, image: torch.Tensor, *, overlap: float = 0.5,
-                           sw_batch_size: int = 4, mode: str = "gaussian") -> torch.Tensor:
-    """Mask probabilities ``(B, out, *spatial)`` of ``image`` ``(B, C, *spatial)`` of any size >= the
-    model's ``img_size``, with MONAI's ``sliding_window_inference`` over windows of ``img_size``
-    (Gaussian-weighted blending). A volume of exactly ``img_size`` is one window."""
-    from monai.inferers import sliding_window_inference
-
-    roi = tuple(model.cfg.img_size)
-    if image.ndim != 5:
-        raise ConfigError(f"image: expected (B, C, X, Y, Z), found {tuple(image.shape)}")
-    small = [f"{s} < {r}" for s, r in zip(image.shape[2:], roi) if s < r]
-    if small:
-        raise DataError(None, "image shape", f"a volume at least as large as the training patch {roi}",
-                        f"{tuple(image.shape[2:])} ({', '.join(small)}); resize it first")
-    with torch.no_grad():
-        logits = sliding_window_inference(image, roi, sw_batch_size, model, overlap=overlap, mode=mode)
-    return torch.sigmoid(logits)
 
 
 def token_activation_maps(model: MedVisionLlama, x: torch.Tensor) -> dict[str, torch.Tensor]:

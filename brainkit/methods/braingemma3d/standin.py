@@ -17,7 +17,7 @@ The supervision, per slice, is what a radiologist's report says of that slice, m
   cannot tell left from right; this head can.
 
 Slices are drawn class-balanced; each is mirrored left-right with probability 1/2 and its side label swapped
-(column 0 is the patient's left, see :mod:`brainkit.models.report_data`). Near-empty end slices are dropped,
+(column 0 is the patient's left, see :mod:`brainkit.methods.braingemma3d.data`). Near-empty end slices are dropped,
 and so are tumour slices whose lesion cross-section is smaller than ``min_lesion_pixels`` (too small to
 label a side). The trained tower is cached under ``<cache_dir>/siglip_standin/<fingerprint>`` with
 ``save_pretrained`` (the fingerprint covers the slices and every setting, so another setting trains again).
@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from ..cache import building_folder, fingerprint
-from ..errors import DataError
+from ...cache import building_folder, fingerprint
+from ...errors import DataError
 
 __all__ = ["slice_set", "SliceHeads", "pretrain_slices", "standin_siglip"]
 
@@ -47,7 +47,7 @@ def slice_set(volumes: torch.Tensor, labels: torch.Tensor, index: Any, *, end_fr
               min_lesion_pixels: int = 40) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Axial slices of ``volumes[index]`` for stand-in pretraining.
 
-    ``volumes`` / ``labels``: ``(N, 1, D, H, W)`` (the cohort of :func:`~brainkit.models.report_data.load_cohort`).
+    ``volumes`` / ``labels``: ``(N, 1, D, H, W)`` (the cohort of :func:`~brainkit.methods.braingemma3d.data.load_cohort`).
     Returns ``(images (M, 1, H, W), side (M,) in {0 none, 1 left, 2 right}, lesion (M, H, W) bool)``. The first
     and last ``end_fraction`` of the slices are dropped, and tumour slices whose lesion has fewer than
     ``min_lesion_pixels`` pixels; a slice with fewer than 4 lesion pixels counts as "none" only in a healthy
@@ -108,7 +108,7 @@ def pretrain_slices(tower: nn.Module, images: torch.Tensor, side: torch.Tensor, 
     the :class:`~brainkit.train.FitResult`."""
     from torch.utils.data import DataLoader, Subset, TensorDataset, WeightedRandomSampler
 
-    from ..train import fit
+    from ...train import fit
 
     if images.shape[0] < 8:
         raise DataError(None, "images", "at least 8 slices", images.shape[0])
@@ -181,7 +181,7 @@ def standin_siglip(volumes: torch.Tensor, labels: torch.Tensor, train_index: Any
     from safetensors.torch import load_file, save_file
     from transformers import SiglipVisionModel
 
-    from .factory import load_model
+    from ...hub import load_model
 
     image_size = int(volumes.shape[-1])
 

@@ -33,43 +33,21 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as nnf
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from ...errors import ConfigError, DataError
+from ...generation import check_volume
 
 __all__ = ["inflate_patch_kernel", "InflatedEmbeddings", "VisionTower3D", "inflate_vision_tower",
-           "token_grid", "fixed_position_code", "check_volume", "INITS", "POSITIONS"]
+           "token_grid", "fixed_position_code", "INITS", "POSITIONS"]
 
 log = logging.getLogger(__name__)
 
 INITS = ("centre", "mean")
 POSITIONS = ("interpolate", "fixed")
-
-
-def check_volume(volume: Any, name: str = "volume", channels: int | None = 1) -> torch.Tensor:
-    """A ``(B, C, D, H, W)`` float tensor without NaN/inf, or a :class:`DataError` saying what is wrong.
-
-    A 4D ``(B, D, H, W)`` tensor gets the channel axis added when ``channels == 1``.
-    """
-    if not isinstance(volume, torch.Tensor):
-        raise DataError(None, name, "a torch.Tensor (B, C, D, H, W)", type(volume).__name__)
-    if volume.dim() == 4 and channels == 1:
-        volume = volume.unsqueeze(1)
-    if volume.dim() != 5:
-        raise DataError(None, name, "a 5D tensor (B, C, D, H, W) or 4D (B, D, H, W)",
-                        f"{volume.dim()}D shape {tuple(volume.shape)}")
-    if channels is not None and volume.shape[1] != channels:
-        raise DataError(None, name, f"{channels} channel(s) on axis 1", f"shape {tuple(volume.shape)}")
-    if not volume.is_floating_point():
-        volume = volume.float()
-    if not bool(torch.isfinite(volume).all()):
-        n = int((~torch.isfinite(volume)).sum())
-        raise DataError(None, name, "finite voxel values", f"{n} NaN/inf voxels")
-    return volume
 
 
 def inflate_patch_kernel(weight2d: torch.Tensor, depth: int, init: str = "centre", rgb: str = "sum",
@@ -218,7 +196,7 @@ class VisionTower3D(nn.Module):
     Wraps the transformers vision model (its own encoder and final layer norm, unchanged) whose
     ``embeddings`` were replaced by :class:`InflatedEmbeddings`. ``hidden_size`` and ``grid(spatial)``
     tell the consumer how many tokens to expect. Any module with this interface (tokens out) can be
-    the vision side of :class:`brainkit.models.report_vlm.ReportVLM`.
+    the vision side of :class:`brainkit.generation.ReportVLM`.
     """
 
     def __init__(self, model: nn.Module):

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import ConfigError, DataError
+from ...errors import ConfigError, DataError
 
 __all__ = ["supervoxels", "lime_3d", "weight_volume", "save_lime_figures"]
 

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
-from . import formats
+from ...data import formats
+from ...errors import ConfigError, DataError
 
 __all__ = ["load_slice_set", "normalise_slice", "slice_caption", "stack"]
 

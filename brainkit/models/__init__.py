@@ -1,1 +1,0 @@
-"""Models: the four methods' networks and the model-source factory (hub id, local folder, tiny:, offline:)."""
