@@ -4,7 +4,8 @@ The smoke stand-ins (``standin_clip``, ``standin_siglip``) and the offline model
 ``<cache_dir>/<kind>/<key>``. A folder is built in a temporary sibling and renamed into place when complete,
 so an interrupted run never leaves a half-written model where the next run would load it.
 
-Single files are written the same way (:func:`atomic_write_text`, :func:`atomic_save_tensors`): a temporary file
+Single files are written the same way (:func:`atomic_write_text`, :func:`atomic_save_tensors`, and
+:func:`atomic_write` for any other writer): a temporary file
 in the target's folder, renamed onto it by :func:`publish`. Checkpoints, metrics, run records and stage caches all
 go through them.
 """
@@ -16,7 +17,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["fingerprint", "building_folder", "publish", "atomic_write_text", "atomic_save_tensors"]
+__all__ = ["fingerprint", "building_folder", "publish", "atomic_write", "atomic_write_text", "atomic_save_tensors"]
 
 
 def fingerprint(*parts: Any) -> str:
@@ -50,6 +51,24 @@ def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> Path:
     os.chmod(tmp, 0o666 & ~mask)
     os.replace(tmp, path)
     return Path(path)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
+    """``write(tmp)`` to a temporary file in ``path``'s folder (keeping its extension, ``.nii.gz`` included, for
+    writers that read it), then :func:`publish` it onto ``path``; on any error the temporary file is removed.
+    For writers of other formats (NIfTI, JPEG, MAT); text and tensors have the two functions below."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -20,12 +20,15 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .errors import ConfigError, DataError
-from .profiles import Profile, resolve
+
+if TYPE_CHECKING:
+    from .profiles import Profile
 
 __all__ = ["Env", "setup", "seed_everything", "pick_device", "in_colab", "resolve_data_dir",
            "resolve_cache_dir", "versions"]
@@ -136,6 +139,8 @@ def setup(seed: int = 0, device: str = "auto", *, profile: Profile | str | None 
     profile that reads real data (colab, full) the data folder must exist.
     The output folder is created; the data and cache folders are created on first write.
     """
+    from .profiles import resolve
+
     prof = resolve(profile) if isinstance(profile, str) else profile
     if device == "auto" and prof is not None:
         device = prof.device

@@ -1,7 +1,7 @@
 """The report generator of BrainGemma3D: 3D vision tower -> compressor -> projector -> causal LM.
 
 Introduced in ``05_braingemma3d_training`` (the three training stages) and evaluated in
-``06_braingemma3d_evaluation`` (METHODS.md §B, the model card in the seeds).
+``06_braingemma3d_evaluation`` (BrainGemma3D's model card); brat's report generation reuses it.
 
 ::
 
@@ -405,7 +405,7 @@ class ReportVLM(nn.Module):
 # Token compressors: many vision tokens in, a fixed small number out.
 #
 # Introduced in ``04_inflating_encoders`` (token counts per input size) and used by the report generator of
-# ``05_braingemma3d_training`` (BrainGemma3D, METHODS.md §B). A 3D tower yields hundreds or thousands of
+# ``05_braingemma3d_training`` (BrainGemma3D). A 3D tower yields hundreds or thousands of
 # tokens; the language model gets 32.
 #
 # - :class:`PerceiverResampler` (the model card, default): ``L`` learned latent vectors cross-attend

@@ -96,7 +96,7 @@ def _tiny_gemma3(**kw: Any):
     from transformers import Gemma3TextConfig
 
     # Gemma 3 needs head_dim / query_pre_attn_scalar / layer_types set, or most layers become
-    # sliding-window with the full model's 256-dim heads (NOTES.md).
+    # sliding-window with the full model's 256-dim heads.
     return Gemma3TextConfig, dict(vocab_size=BYTE_VOCAB, hidden_size=64, intermediate_size=128,
                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                   head_dim=16, query_pre_attn_scalar=16, sliding_window=64,
@@ -385,7 +385,8 @@ def offline_folder(name: str, cache_dir: str | os.PathLike | None = None) -> Pat
 
 
 def _convert_gguf(gguf_path: Path, out: Path, chat_template: str | None) -> None:
-    """GGUF -> a plain (dequantised, float32) transformers folder (NOTES.md: the working route)."""
+    """GGUF -> a plain (dequantised, float32) transformers folder: transformers' ``gguf_file`` loader, its weights
+    copied into a plain model of the same config (no quantisation config left behind), saved with its tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, fname = str(gguf_path.parent), gguf_path.name

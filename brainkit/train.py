@@ -399,10 +399,7 @@ def _check_fit_arguments(epochs: int, mode: str, scheduler_step: str, grad_accum
         raise ConfigError(f"scheduler_step: expected 'step' or 'epoch', found {scheduler_step!r}")
     if grad_accum < 1:
         raise ConfigError(f"grad_accum: expected >= 1, found {grad_accum}")
-    has_val = val_loader is not None
-    if evaluate is not None and not has_val:
-        raise ConfigError("evaluate was given without val_loader: pass the validation loader too")
-    if has_val and evaluate is None and monitor != "val_loss":
+    if val_loader is not None and evaluate is None and monitor != "val_loss":
         raise ConfigError(f"monitor={monitor!r} needs an evaluate function; the default evaluation "
                           "only returns 'val_loss'")
 
@@ -710,7 +707,8 @@ def fit(
     ``evaluate(model, val_loader)`` returns validation metrics; by default the mean of
     ``loss_fn`` over ``val_loader``, logged as ``val_loss``. ``monitor`` names the metric that
     picks the best epoch (``mode`` "min" or "max"); it must be one that ``evaluate`` returns.
-    Validation runs on every process over the whole ``val_loader`` (not sharded), so every
+    ``evaluate`` without ``val_loader`` is called as ``evaluate(model, None)``: validation from data the
+    caller holds (notebook 07 scores whole validation volumes by sliding window). Validation runs on every process over the whole ``val_loader`` (not sharded), so every
     process chooses the same best epoch.
 
     ``out_dir`` receives ``best.safetensors``, ``last.safetensors`` and ``history.json``;

@@ -6,10 +6,10 @@ import logging
 import pytest
 import torch
 
-from brainkit import losses as L
 from brainkit.errors import ConfigError, DataError
 from brainkit.hub import load_model, load_tokenizer
 from brainkit.methods import brat as B
+from brainkit.methods.brat import losses as L
 
 GRID = (32, 32, 16)
 

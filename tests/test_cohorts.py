@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from brainkit.data import cohorts, formats, phantoms
+from brainkit.data import cohorts, formats, layouts, phantoms
 from brainkit.data.reports import entities_from_findings, extract_findings
 from brainkit.errors import ConfigError
 
@@ -80,14 +80,14 @@ def test_phantom_key_names_the_specs(monkeypatch):
     from brainkit import profiles
 
     cfg = profiles.resolve("smoke")
-    key = formats.phantom_key(cfg)
+    key = layouts.phantom_key(cfg)
     monkeypatch.setitem(cohorts.COHORTS, "brats", cohorts.BRATS_GLIOMAS.replace(healthy_fraction=0.3))
-    assert formats.phantom_key(cfg) != key
+    assert layouts.phantom_key(cfg) != key
     monkeypatch.setitem(cohorts.COHORTS, "brats", cohorts.BRATS_GLIOMAS)
-    assert formats.phantom_key(cfg) == key
+    assert layouts.phantom_key(cfg) == key
     monkeypatch.setitem(cohorts.LAYOUT_SPECS, "kaggle", cohorts.LAYOUT_SPECS["kaggle"].replace(
         slices_pairs=(("glioma", 1),)))
-    assert formats.phantom_key(cfg) != key
+    assert layouts.phantom_key(cfg) != key
 
 
 @pytest.mark.parametrize("weights", [{"a": 0.231, "b": 0.465, "c": 0.304}, {"x": 0.9, "y": 0.1}])
@@ -176,7 +176,7 @@ def test_layouts_written_from_their_cohorts(tmp_path):
     from brainkit import profiles
 
     cfg = profiles.resolve("smoke", data_subjects=24, data_volume_shape=(32, 32, 24), data_slice_size=32)
-    paths = formats.ensure_phantom(cfg, tmp_path, n_jobs=1)
+    paths = layouts.ensure_phantom(cfg, tmp_path, n_jobs=1)
     brats = formats.load_phantom_manifest(paths["brats2020"])
     msd = formats.load_phantom_manifest(paths["msd_task01"])
     kag = formats.load_phantom_manifest(paths["kaggle"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from brainkit.data import formats, transforms
+from brainkit.data import formats, layouts, transforms
 from brainkit.data.phantoms import generate_cohort
 from brainkit.errors import ConfigError, DataError
 from brainkit.profiles import resolve
@@ -16,7 +16,7 @@ from brainkit.profiles import resolve
 def sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("chains")
     subjects = [s for s in generate_cohort(4, seed=7, shape=(32, 32, 24), with_head=True)]
-    out = {lay: formats.write_phantom_dataset(root / lay, lay, subjects, slice_size=48)
+    out = {lay: layouts.write_phantom_dataset(root / lay, lay, subjects, slice_size=48)
            for lay in ("brats2020", "msd_task01", "figshare")}
     return out, subjects
 
@@ -46,6 +46,31 @@ def test_msd_chain_label_modes(sets, cfg):
         assert out["label"].sum() > 0
     train = transforms.msd_transforms(cfg, train=True)
     assert tuple(train({"image": str(rec["image"]), "label": str(rec["label"])})["image"].shape) == (4, 24, 24, 16)
+
+
+def test_msd_chain_keeps_channels_and_crops_the_training_patch(sets, cfg):
+    (paths, subjects) = sets
+    rec = next(r for r, s in zip(formats.find_msd_task01(paths["msd_task01"]), subjects) if s.seg.any())
+    item = {"image": str(rec["image"]), "label": str(rec["label"])}
+    full = transforms.msd_transforms(cfg, label_mode="binary")(dict(item))
+    flair = transforms.msd_transforms(cfg, label_mode="binary", channels=(0,))(dict(item))
+    assert tuple(flair["image"].shape) == (1, 24, 24, 16) and torch.equal(flair["image"][0], full["image"][0])
+    pair = transforms.msd_transforms(cfg, label_mode="binary", channels=(3, 1))(dict(item))
+    assert torch.equal(pair["image"], full["image"][[3, 1]])
+    train = transforms.msd_transforms(cfg, train=True, label_mode="binary", channels=(0,), roi=(8, 12, 12))
+    names = [type(t).__name__ for t in train.transforms]
+    assert names.index("SelectChannelsd") < names.index("EnsureTyped") < names.index("RandCropByPosNegLabeld") \
+        < names.index("RandFlipd")  # the deterministic part first: a CacheDataset caches all of it
+    patches = [train(dict(item)) for _ in range(4)]
+    patches = [p[0] if isinstance(p, list) else p for p in patches]
+    assert all(tuple(p["image"].shape) == (1, 12, 12, 8) for p in patches)  # (C, X, Y, Z) of (D, H, W) = (8, 12, 12)
+    assert any(p["label"].sum() > 0 for p in patches)  # half the patches are centred on tumour
+    whole = transforms.msd_transforms(cfg, train=True, channels=(0,), roi=(16, 24, 24))  # roi = volume: no crop
+    assert "RandCropByPosNegLabeld" not in [type(t).__name__ for t in whole.transforms]
+    with pytest.raises(DataError, match="channel"):
+        transforms.msd_transforms(cfg, channels=(4,))(dict(item))
+    with pytest.raises(ConfigError, match="channel"):
+        transforms.msd_transforms(cfg, channels=())
 
 
 def test_brat_and_slice_chains(sets, cfg):

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainkit.data import formats
+from brainkit.data import formats, layouts
 from brainkit.data.formats import (
     check_pair,
     load_label,
@@ -201,16 +201,16 @@ def test_nothing_half_written_on_failure(tmp_path, subjects):
     bad[2] = type(broken)(**{**broken.__dict__, "seg": seg})
     root = tmp_path / "brats"
     with pytest.raises(DataError):
-        formats.write_phantom_dataset(root, "brats2020", bad)
+        layouts.write_phantom_dataset(root, "brats2020", bad)
     assert not root.exists()
     assert list(tmp_path.iterdir()) == []  # no temporary folder left either
 
 
 # ---------------------------------------------------------------------------------------------- round trips
 def test_brats_textbrats_msd_round_trip(tmp_path, subjects):
-    b = formats.write_phantom_dataset(tmp_path / "brats2020", "brats2020", subjects)
-    t = formats.write_phantom_dataset(tmp_path / "textbrats", "textbrats", subjects)
-    m = formats.write_phantom_dataset(tmp_path / "msd", "msd_task01", subjects)
+    b = layouts.write_phantom_dataset(tmp_path / "brats2020", "brats2020", subjects)
+    t = layouts.write_phantom_dataset(tmp_path / "textbrats", "textbrats", subjects)
+    m = layouts.write_phantom_dataset(tmp_path / "msd", "msd_task01", subjects)
     cases = formats.find_brats2020(b)
     assert [c["case_id"] for c in cases] == [f"BraTS20_Training_{i:03d}" for i in range(1, 9)]
     reps = formats.find_textbrats(t)
@@ -244,8 +244,8 @@ def test_brats_kaggle_nii_variant_and_case_355_seg_name(tmp_path, subjects):
 
 
 def test_figshare_and_kaggle_round_trip(tmp_path, subjects):
-    f = formats.write_phantom_dataset(tmp_path / "figshare", "figshare", subjects, slice_size=64)
-    k = formats.write_phantom_dataset(tmp_path / "kaggle", "kaggle", subjects, slice_size=64)
+    f = layouts.write_phantom_dataset(tmp_path / "figshare", "figshare", subjects, slice_size=64)
+    k = layouts.write_phantom_dataset(tmp_path / "kaggle", "kaggle", subjects, slice_size=64)
     files = formats.find_figshare(f)
     man = formats.load_phantom_manifest(f)
     assert len(files) == len(man["records"]) > 0
@@ -268,16 +268,16 @@ def test_ensure_phantom_generates_once_and_regenerates_a_damaged_set(tmp_path):
     from brainkit.profiles import resolve
 
     cfg = resolve("smoke", data_subjects=6, data_volume_shape=(32, 32, 24), data_slice_size=48)
-    out = formats.ensure_phantom(cfg, tmp_path, layouts=("brats2020", "textbrats"))
+    out = layouts.ensure_phantom(cfg, tmp_path, layouts=("brats2020", "textbrats"))
     stamp = {p: p.stat().st_mtime_ns for p in out["brats2020"].rglob("*.nii.gz")}
-    again = formats.ensure_phantom(cfg, tmp_path, layouts=("brats2020", "textbrats"))
+    again = layouts.ensure_phantom(cfg, tmp_path, layouts=("brats2020", "textbrats"))
     assert again == out and {p: p.stat().st_mtime_ns for p in out["brats2020"].rglob("*.nii.gz")} == stamp
     victim = next(iter(stamp))
     victim.write_bytes(victim.read_bytes()[:100])
-    formats.ensure_phantom(cfg, tmp_path, layouts=("brats2020",))
+    layouts.ensure_phantom(cfg, tmp_path, layouts=("brats2020",))
     assert load_volume(victim).shape == (32, 32, 24)
     with pytest.raises(ConfigError, match="layout"):
-        formats.ensure_phantom(cfg, tmp_path, layouts=("nifti",))
+        layouts.ensure_phantom(cfg, tmp_path, layouts=("nifti",))
 
 
 def test_gzip_sanity_of_written_files(tmp_path, subjects):

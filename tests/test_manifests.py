@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from brainkit.cli import main as cli_main
-from brainkit.data import formats, manifests
+from brainkit.data import formats, layouts, manifests
 from brainkit.data.manifests import check_no_leak, make_splits, split_counts, split_groups, verify
 from brainkit.data.phantoms import generate_cohort
 from brainkit.errors import ConfigError, DataError, MissingAssetError
@@ -22,7 +22,7 @@ def phantom_sets(tmp_path_factory):
     subjects = generate_cohort(6, seed=4, shape=(32, 32, 24), with_head=True)
     out = {}
     for lay in ("brats2020", "figshare"):
-        out[lay] = formats.write_phantom_dataset(root / lay, lay, subjects, slice_size=48)
+        out[lay] = layouts.write_phantom_dataset(root / lay, lay, subjects, slice_size=48)
     return out
 
 

@@ -98,6 +98,19 @@ def test_gradient_accumulation_matches_big_batch():
     assert torch.allclose(run(16, 1), run(8, 2), atol=1e-6)
 
 
+def test_evaluate_without_val_loader_gets_none_and_selects(tmp_path):
+    model, opt = make()
+    seen = []
+
+    def evaluate(m, loader):
+        seen.append(loader)
+        return {"score": -len(seen) if len(seen) != 2 else 0.0}  # epoch 2 is the best
+
+    res = fit(model, DataLoader(data(), batch_size=8), loss_fn=loss_fn, optimizer=opt, epochs=3,
+              evaluate=evaluate, monitor="score", mode="max", out_dir=tmp_path)
+    assert seen == [None, None, None] and res.best_epoch == 2
+
+
 def test_bad_arguments():
     model, opt = make()
     loader = DataLoader(data(), batch_size=8)

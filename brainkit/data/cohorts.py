@@ -11,7 +11,7 @@ small frozen dataclasses describe them, every number with its source in a commen
 - a :class:`LayoutSpec` is what a *layout* takes from its cohort: which classes, how many slices per
   patient in the 2D sets, and the published class proportions it is checked against.
 
-:func:`brainkit.data.formats.ensure_phantom` generates each cohort once and writes its layouts
+:func:`brainkit.data.layouts.ensure_phantom` generates each cohort once and writes its layouts
 from it (subjects are shared where the datasets share cases), and :meth:`CohortSpec.fingerprint`
 is part of the cache key, so a set written from another spec is never reused. Mappings are stored
 as tuples of ``(name, value)`` pairs (a frozen dataclass must be hashable) and read through the

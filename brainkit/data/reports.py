@@ -53,6 +53,7 @@ __all__ = [
     "extract_findings",
     "entities_from_findings",
     "read_report_text",
+    "swap_sides",
 ]
 
 #: Anatomy vocabulary of :func:`extract_findings` (the lobe names of the phantom's lobe map).
@@ -777,3 +778,17 @@ def entities_from_findings(findings: dict[str, Any]) -> dict[str, set[str]]:
     if float(findings.get("midline_shift_mm", 0.0)) >= _SHIFT_MM and findings.get("mass_effect"):
         path.add("midline shift")
     return {"laterality": lat, "anatomy": anat, "pathology": path}
+
+
+_SIDE_WORD = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def swap_sides(report: str) -> str:
+    """``report`` with the whole words "left" and "right" exchanged, case kept (``Left`` -> ``Right``, ``LEFT`` ->
+    ``RIGHT``): the report of the left-right mirrored scan, for flip augmentation (BrainGemma3D, brat) and the
+    mirror test of notebook 06."""
+    def sub(m: re.Match) -> str:
+        w = m.group(0)
+        new = "right" if w.lower() == "left" else "left"
+        return new.upper() if w.isupper() else new.capitalize() if w[0].isupper() else new
+    return _SIDE_WORD.sub(sub, report)

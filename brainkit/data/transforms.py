@@ -35,9 +35,11 @@ from monai.transforms import (
     Compose,
     CropForegroundd,
     EnsureTyped,
+    FgBgToIndicesd,
     MapTransform,
     NormalizeIntensityd,
     Orientationd,
+    RandCropByPosNegLabeld,
     RandFlipd,
     RandScaleIntensityd,
     RandShiftIntensityd,
@@ -51,7 +53,7 @@ from ..errors import BrainkitError, ConfigError, DataError
 from . import formats, labels
 
 __all__ = ["Chain", "LoadVolumed", "LoadSliced", "CheckGridd", "LabelModed", "dhw_to_xyz", "slice_transforms",
-           "gemma_transforms", "msd_transforms", "brat_transforms", "for_method", "METHODS", "stepwise",
+           "gemma_transforms", "msd_transforms", "SelectChannelsd", "brat_transforms", "for_method", "METHODS", "stepwise",
            "CLIP_MEAN", "CLIP_STD"]
 
 #: OpenAI CLIP's image normalisation.
@@ -273,14 +275,42 @@ def gemma_transforms(cfg: Any, *, with_label: bool = False, nonzero: bool = Fals
     return Chain(steps)
 
 
-def msd_transforms(cfg: Any, *, train: bool = False, label_mode: str = "msd") -> Compose:
+class SelectChannelsd(MapTransform):
+    """Keep some channels of ``image`` (``channels``: their indices, e.g. ``(0,)`` = MSD's FLAIR): a contiguous
+    ascending run is a slice (a view), anything else an index list. Deterministic, so a cached dataset keeps it."""
+
+    def __init__(self, keys: KeysCollection, channels: Sequence[int]):
+        super().__init__(keys)
+        self.channels = tuple(int(c) for c in channels)
+        if not self.channels or any(c < 0 for c in self.channels):
+            raise ConfigError(f"channels: expected one or more channel indices >= 0, found {channels!r}")
+        run = self.channels == tuple(range(self.channels[0], self.channels[0] + len(self.channels)))
+        self.index = slice(self.channels[0], self.channels[-1] + 1) if run else list(self.channels)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if max(self.channels) >= d[key].shape[0]:
+                raise DataError(None, f"{key} channels", f"channel indices {self.channels} of a (C, X, Y, Z) volume",
+                                f"{d[key].shape[0]} channels")
+            d[key] = d[key][self.index]
+        return d
+
+
+def msd_transforms(cfg: Any, *, train: bool = False, label_mode: str = "msd", channels: Sequence[int] | None = None,
+                   roi: Sequence[int] | None = None) -> Compose:
     """MedVisionLlama's MSD-style chain over ``{"image": 4D path, "label": label path}``.
 
     RAS, resample to ``cfg.data_msd_spacing_mm`` (0 keeps the file's spacing), z-score per
     channel over the brain (non-zero voxels), crop to the brain, resize to
-    ``cfg.data_msd_volume_size``; ``train`` adds flips on every axis and intensity jitter, after
-    the split (never before it). ``label_mode``: ``"msd"`` (0-3), ``"binary"`` (whole tumour),
-    ``"regions"`` (TC, WT, ET) or ``"brats"``.
+    ``cfg.data_msd_volume_size``; ``label_mode``: ``"msd"`` (0-3), ``"binary"`` (whole tumour),
+    ``"regions"`` (TC, WT, ET) or ``"brats"``. ``channels`` keeps those image channels (MSD's order:
+    FLAIR, T1w, T1gd, T2w; ``(0,)`` = FLAIR only) right after the labels are made. ``train`` adds, after
+    the split (never before it): with ``roi`` ``(D, H, W)`` smaller than the volume, a training patch of that
+    size, centred on tumour and on background equally often (MONAI's ``RandCropByPosNegLabeld``, its
+    foreground indices computed once per case), then flips on every axis and intensity jitter. The
+    deterministic steps come first, so a MONAI ``CacheDataset`` caches all of them. Introduced in
+    ``01_data_prep``; used by ``07_medvisionllama_segmentation``.
     """
     size = dhw_to_xyz(cfg.data_msd_volume_size)
     keys = ["image", "label"]
@@ -295,11 +325,19 @@ def msd_transforms(cfg: Any, *, train: bool = False, label_mode: str = "msd") ->
         Resized(keys=keys, spatial_size=size, mode=("trilinear", "nearest")),
         LabelModed(keys="label", mode=label_mode, convention="msd"),
     ]
+    if channels is not None:
+        steps.append(SelectChannelsd(keys="image", channels=channels))
+    steps.append(EnsureTyped(keys=keys, dtype=(torch.float32, torch.uint8), track_meta=False))
     if train:
+        patch = tuple(int(v) for v in dhw_to_xyz(roi)) if roi is not None else None
+        if patch is not None and patch != tuple(int(v) for v in size):
+            steps += [FgBgToIndicesd(keys="label"),
+                      RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=patch, pos=1, neg=1,
+                                             num_samples=1, fg_indices_key="label_fg_indices",
+                                             bg_indices_key="label_bg_indices")]
         steps += [RandFlipd(keys=keys, prob=0.5, spatial_axis=a) for a in range(3)]
         steps += [RandScaleIntensityd(keys="image", factors=0.1, prob=1.0),
                   RandShiftIntensityd(keys="image", offsets=0.1, prob=1.0)]
-    steps.append(EnsureTyped(keys=keys, dtype=(torch.float32, torch.uint8), track_meta=False))
     return Chain(steps)
 
 

@@ -2,7 +2,7 @@
 
 Introduced in ``04_inflating_encoders``; ``05_braingemma3d_training`` and ``06_braingemma3d_evaluation`` load the same
 cohort. The smoke profile generates BrainPhantom in the BraTS 2020 + TextBraTS layouts
-(:func:`brainkit.data.formats.ensure_phantom`); colab/full point the same readers at the real
+(:func:`brainkit.data.layouts.ensure_phantom`); colab/full point the same readers at the real
 downloads. Each case goes through the card's chain (:func:`brainkit.data.transforms.gemma_transforms`:
 RAS, p1-p99 clip, z-score, trilinear resize), its lesion side is read from the segmentation, and
 the cases are split 70/10/20 by patient, stratified by lesion side (the card). The preprocessed
@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file
 
 from ...cache import atomic_save_tensors, atomic_write_text
+from ...data.reports import swap_sides  # handed on: the flip augmentation's reports
 from ...errors import DataError
 
 __all__ = ["load_cohort", "SIDES", "flip_lr", "swap_sides"]
@@ -40,18 +41,6 @@ SIDES = ("none", "left", "right")
 def flip_lr(volume: torch.Tensor) -> torch.Tensor:
     """Mirror left and right (the last axis of a ``(..., D, H, W)`` volume)."""
     return torch.flip(volume, dims=(-1,))
-
-
-def swap_sides(text: str) -> str:
-    """A report with "left" and "right" exchanged (case kept), for left-right flip augmentation."""
-    import re
-
-    def one(m: re.Match) -> str:
-        w = m.group(0)
-        out = {"left": "right", "right": "left"}[w.lower()]
-        return out.capitalize() if w[0].isupper() else out
-
-    return re.sub(r"\b(left|right)\b", one, text, flags=re.I)
 
 
 def _side(seg: np.ndarray, mask: np.ndarray) -> str:
@@ -71,12 +60,12 @@ def load_cohort(cfg: Any, data_dir: str | os.PathLike, cache_dir: str | os.PathL
     subjects (0: ``cfg.data_subjects``, the phantom set the other notebooks use); real data under
     ``data_dir`` otherwise (BraTS 2020 + TextBraTS folders).
     """
-    from ...data import formats, manifests, transforms
+    from ...data import formats, layouts, manifests, transforms
     from ...profiles import resolve
 
     if cfg.data_source == "phantom":
         data_cfg = resolve(cfg, data_subjects=int(cfg.gemma_subjects)) if int(cfg.gemma_subjects) > 0 else cfg
-        key = formats.phantom_key(data_cfg, seed)
+        key = layouts.phantom_key(data_cfg, seed)
     else:
         brats_root = Path(data_dir) / "brats2020"
         text_root = Path(data_dir) / "textbrats"
@@ -90,7 +79,7 @@ def load_cohort(cfg: Any, data_dir: str | os.PathLike, cache_dir: str | os.PathL
         log.info("cohort loaded from %s", cache)
     else:
         if cfg.data_source == "phantom":
-            paths = formats.ensure_phantom(data_cfg, data_dir, layouts=("brats2020", "textbrats"), seed=seed,
+            paths = layouts.ensure_phantom(data_cfg, data_dir, layouts=("brats2020", "textbrats"), seed=seed,
                                            n_jobs=n_jobs)
             brats_root, text_root = paths["brats2020"], paths["textbrats"]
         cases = formats.find_brats2020(brats_root)

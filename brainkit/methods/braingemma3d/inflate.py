@@ -1,6 +1,6 @@
 """Inflating a pretrained 2D vision tower (SigLIP / MedSigLIP, CLIP) into a 3D one.
 
-Introduced in ``04_inflating_encoders`` (BrainGemma3D, METHODS.md §B); ``05_braingemma3d_training`` and
+Introduced in ``04_inflating_encoders`` (BrainGemma3D); ``05_braingemma3d_training`` and
 ``06_braingemma3d_evaluation`` use the inflated tower as the report generator's vision side.
 
 A 2D ViT cuts an image into ``p x p`` patches with a ``Conv2d`` (kernel = stride = ``p``) and adds

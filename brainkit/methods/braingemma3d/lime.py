@@ -1,6 +1,6 @@
 """3D LIME for report generation: which brain regions make the model's report likely.
 
-Introduced in ``06_braingemma3d_evaluation`` (BrainGemma3D's interpretability, METHODS.md §B).
+Introduced in ``06_braingemma3d_evaluation`` (BrainGemma3D's interpretability, as its model card describes it).
 
 1. **Supervoxels.** scikit-image's ``slic`` over the 3D volume, restricted to the brain mask
    (``n_segments`` about 20, compactness about 0.05 on z-scored intensities); label 0 is outside the brain.
@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ...cache import atomic_write_text
 from ...errors import ConfigError, DataError
 
 __all__ = ["supervoxels", "lime_3d", "weight_volume", "save_lime_figures"]
@@ -190,5 +191,5 @@ def save_lime_figures(volume: np.ndarray, segments: np.ndarray, weights: np.ndar
     record = {"weights": {str(i + 1): float(w) for i, w in enumerate(weights)},
               "voxels": {str(i + 1): int((segments == i + 1).sum()) for i in range(len(weights))}, **(meta or {})}
     paths["weights"] = out / "lime_weights.json"
-    paths["weights"].write_text(json.dumps(record, indent=1))
+    atomic_write_text(paths["weights"], json.dumps(record, indent=1))
     return paths

@@ -14,7 +14,7 @@ Introduced in ``02_clip_localisation`` (and reused by ``03_llm_explanations``).
   dropped by a hash of the resized 8-bit image.
 
 Positives and negatives come from different sources, so a model could learn the source instead of
-the tumour (METHODS.md §A). :func:`load_slice_set` can also return the Kaggle *tumour* images
+the tumour (BrainMRI-GPT's paper). :func:`load_slice_set` can also return the Kaggle *tumour* images
 (``with_kaggle_tumour=True``, no masks): scoring them against the Kaggle negatives measures the
 image-level score within one source, the check the notebook runs.
 """

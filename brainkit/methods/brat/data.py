@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ...cache import atomic_save_tensors
+from ...data.reports import swap_sides  # handed on: the flip augmentation's reports
 from ...errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -92,19 +94,6 @@ def tokenize_reports(tokenizer, reports: Sequence[str], *, max_tokens: int = 256
         sentence_mask[i, present] = True
     return {"input_ids": input_ids, "attention_mask": attn, "token_sentence": token_sentence,
             "sentence_mask": sentence_mask}
-
-
-_SIDE = __import__("re").compile(r"\b(left|right)\b", __import__("re").IGNORECASE)
-
-
-def swap_sides(report: str) -> str:
-    """``report`` with "left" and "right" exchanged (case kept): the report of the mirrored scan. Used
-    by the flip augmentation of :class:`PairDataset` (notebook 08)."""
-    def sub(m):
-        w = m.group(0)
-        new = "right" if w.lower() == "left" else "left"
-        return new.upper() if w.isupper() else new.capitalize() if w[0].isupper() else new
-    return _SIDE.sub(sub, report)
 
 
 def finding_labels(findings: Mapping[str, Any] | None = None, report: str | None = None) -> frozenset[str]:
@@ -233,9 +222,9 @@ def prepare_data(cfg: Any, data_dir, *, seed: int = 0, cache_file=None, tokenize
     reads notebook 08's instead of preprocessing again."""
     from pathlib import Path
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from ...data.formats import ensure_phantom
+    from ...data.layouts import ensure_phantom
     from ...data.manifests import check_no_leak, make_splits
     from ...data.transforms import brat_transforms
     from ...hub import load_tokenizer
@@ -262,8 +251,7 @@ def prepare_data(cfg: Any, data_dir, *, seed: int = 0, cache_file=None, tokenize
         tf = brat_transforms(vol_cfg)
         vols = {k: load_volumes(v, tf) for k, v in splits.items()}
         if cache_file is not None:
-            Path(cache_file).parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in vols.items()}, str(cache_file))
+            atomic_save_tensors({k: v.contiguous() for k, v in vols.items()}, cache_file)
     tok = tokenizer or load_tokenizer(cfg.brat_bert)
     text = {k: tokenize_reports(tok, [r["report"] for r in v], max_tokens=cfg.brat_max_text_tokens,
                                 max_sentences=cfg.brat_max_sentences, ids=ids[k]) for k, v in splits.items()}
@@ -297,7 +285,7 @@ def cache_text(model: BratModel, data: dict[str, Any], file=None) -> dict[str, A
     token id matches, so another tokenisation or report set is recomputed)."""
     from pathlib import Path
 
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     tag = (model.config.bert_source, model.config.text_layers)
     if model.config.train_text:
@@ -320,11 +308,10 @@ def cache_text(model: BratModel, data: dict[str, Any], file=None) -> dict[str, A
     if states is None:
         states = {k: cache_text_states(model, v) for k, v in parts.items()}
         if file is not None:
-            Path(file).parent.mkdir(parents=True, exist_ok=True)
             blob = {f"{k}/states": v.contiguous() for k, v in states.items()}
             blob.update({f"{k}/ids": v["input_ids"].contiguous() for k, v in parts.items()})
             blob["tag"] = torch.tensor(list(repr(tag).encode()), dtype=torch.uint8)
-            save_file(blob, str(file))
+            atomic_save_tensors(blob, file)
     for k in data["text"]:
         data["text"][k] = {**data["text"][k], "text_states": states[k]}
     if "text_flipped" in data:

@@ -3,7 +3,7 @@
 Introduced in ``08_brat_pretraining`` (the model, PVA and DPP, pretraining) and evaluated in
 ``09_brat_evaluation`` (retrieval, the ablations of the paper's Table 2, downstream tasks).
 
-The pieces, as the paper describes them (the released code is inference only; METHODS.md §D):
+The pieces, as the paper describes them (the released code is inference only):
 
 - **Image side** ``E_I``: MONAI ``DenseNet121(spatial_dims=3, in_channels=1)``; its ``.features`` up
   to ``feature_stage`` give a grid of feature vectors, flattened into image tokens (``D`` tokens of
@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError, DataError
+from ...losses import info_nce
 from . import losses as L
 
 __all__ = ['BACKBONES', 'BratConfig', 'ABLATIONS', 'TABLE2_NAMES', 'config_for_ablation', 'DenseNetTokens', 'truncate_bert', 'init_qformer_from_bert', 'BratModel']
@@ -274,7 +275,7 @@ class BratModel(nn.Module):
                 max_position_embeddings=bc.max_position_embeddings, layer_norm_eps=bc.layer_norm_eps,
                 pad_token_id=bc.pad_token_id, cross_attention_frequency=config.cross_attention_frequency,
                 encoder_hidden_size=C, use_qformer_text_input=True)
-            qcfg._attn_implementation = "eager"  # SDPA returns no cross-attention maps (NOTES.md)
+            qcfg._attn_implementation = "eager"  # SDPA returns no cross-attention maps (transformers)
             self.qformer = Blip2QFormerModel(qcfg)
             self.qformer_init = init_qformer_from_bert(self.qformer, bert)
             self.query_tokens = nn.Parameter(torch.zeros(1, config.num_queries, h))
@@ -466,7 +467,7 @@ class BratModel(nn.Module):
             V = self.vision_proj(tokens.mean(1, keepdim=True))
         F, mask = self.encode_text(batch)
         sim = self.similarity(V, F, mask)
-        nce = L.info_nce(sim, self.temperature())
+        nce = info_nce(sim, self.temperature())
         total = nce
         logs["nce"] = float(nce.detach())
         w = self.diversity_weight()

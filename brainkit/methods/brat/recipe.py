@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as nnf
 
+from ...cache import atomic_save_tensors, atomic_write_text
 from ...errors import ConfigError, DataError
 from . import losses as L
 from .data import PairDataset, add_flipped_text, cache_text, collate
@@ -163,16 +164,14 @@ def save_pretrained(model: BratModel, folder, *, key: str, meta: Mapping[str, An
     import json
     from pathlib import Path
 
-    from safetensors.torch import save_file
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     frozen = not model.config.train_text
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()
              if v is not None and not (frozen and k.startswith("text."))}
-    save_file(state, str(folder / "model.safetensors"))
+    atomic_save_tensors(state, folder / "model.safetensors")
     info = {"key": key, "config": asdict(model.config), **dict(meta or {})}
-    (folder / "meta.json").write_text(json.dumps(info, indent=1, default=str), encoding="utf-8")
+    atomic_write_text(folder / "meta.json", json.dumps(info, indent=1, default=str))  # written last
     return folder / "model.safetensors"
 
 

@@ -1,6 +1,6 @@
 """MedVisionLlama: a 3D ViT segmenter whose tokens pass one frozen pretrained LLM layer.
 
-Introduced in ``07_medvisionllama_segmentation``. The README's pipeline (METHODS.md §C)::
+Introduced in ``07_medvisionllama_segmentation``. The released README's pipeline::
 
     3D volume -> patch embedding (MONAI) -> ViT encoder (MONAI transformer blocks)
               -> mapper d_vit -> d_llm -> frozen LLM decoder layer -> mapper d_llm -> d_vit, + residual
@@ -17,12 +17,12 @@ with ``z = x + M_out(LLM(M_in(x)))`` for the token matrix ``x`` (N tokens x d_vi
   model's config and sizes the mappers. The released code calls Llama's last layer without rotary position
   embeddings and without a mask; here ``rope=True`` (default) passes the model's own rotary embeddings of
   the token index, and the attention is bidirectional (``causal=False``) through an explicit additive mask,
-  so the behaviour does not depend on the attention implementation (NOTES.md: a standalone
-  ``LlamaDecoderLayer`` needs both);
+  so the behaviour does not depend on the attention implementation (a standalone
+  ``LlamaDecoderLayer`` called without them is neither rotary nor bidirectional);
 - ``decoder``: ``"linear"`` (released: one Linear per token folding it back into its patch of voxels) or
   ``"conv"`` (a light decoder on the token grid: one transposed 3D convolution stage per entry of
   ``decoder_channels``, each doubling the resolution, then trilinear upsampling of the logits). With
-  8^3 patches the linear fold-back plateaued near Dice 0.49 on the phantoms (NOTES.md), so the smoke
+  8^3 patches the linear fold-back plateaued near Dice 0.49 on the phantoms (measured in notebook 07's development), so the smoke
   profile uses the conv decoder; both are the same encoder + LLM block, only the last stage differs;
 - ``input_skip=1`` (conv decoder): an intensity gate, the decoder predicts a gain and a bias per voxel of its
   last grid and the logits are ``gain * x + bias`` at full resolution (a skip from the input, as in UNETR).
