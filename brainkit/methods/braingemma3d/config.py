@@ -1,8 +1,6 @@
 """BrainGemma3D's profile section: inflation (notebook 04), report training (05) and evaluation (06).
 
-Each field's ``smoke`` value is its default; :func:`~brainkit.sections.per_profile` gives the ``colab`` and
-``full`` values beside it. :mod:`brainkit.profiles` composes this section into the flat ``Profile``, so a
-notebook reads ``cfg.<field>`` and a papermill parameter overrides it by the same name.
+Composed into the flat profile by :mod:`brainkit.profiles`; :mod:`brainkit.sections` says how a field is declared.
 """
 
 from __future__ import annotations
