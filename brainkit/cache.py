@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +26,26 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["fingerprint", "building_folder", "publish", "atomic_write", "atomic_write_text", "atomic_save_tensors"]
+__all__ = ["in_colab", "resolve_cache_dir", "fingerprint", "building_folder", "publish", "atomic_write", "atomic_write_text", "atomic_save_tensors"]
+
+
+def in_colab() -> bool:
+    """True inside Google Colab."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def _home_cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "brainkit"
+
+
+def resolve_cache_dir() -> Path:
+    """The cache folder for converted models and preprocessed data."""
+    env = os.environ.get("BRAINKIT_CACHE")
+    if env:
+        return Path(env).expanduser().resolve()
+    if in_colab():
+        return Path("/content/brainkit/cache")
+    return _home_cache()
 
 
 def fingerprint(*parts: Any) -> str:

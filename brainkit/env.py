@@ -16,16 +16,15 @@ import importlib.metadata
 import logging
 import os
 import platform
-import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
+from .cache import _home_cache, in_colab, resolve_cache_dir  # handed on: part of this module's API
 from .errors import ConfigError, DataError
+from .train import seed_everything  # handed on: part of this module's API
 
 if TYPE_CHECKING:
     from .profiles import Profile
@@ -52,29 +51,6 @@ class Env:
     output_dir: Path | None
 
 
-def in_colab() -> bool:
-    """True inside Google Colab."""
-    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
-
-
-def seed_everything(seed: int, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and torch (all devices); with ``deterministic`` ask torch for
-    deterministic kernels (warn-only, so an op without one still runs)."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"seed: expected a non-negative int, found {seed!r}")
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-        # cuBLAS needs this for deterministic matmuls on CUDA >= 10.2.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
 def pick_device(device: str | torch.device = "auto") -> torch.device:
     """``"auto"`` -> CUDA if available, else Apple MPS, else CPU; an explicit name is checked."""
     if isinstance(device, torch.device):
@@ -93,10 +69,6 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _home_cache() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "brainkit"
-
-
 def resolve_data_dir(parameter: str | os.PathLike | None = None) -> Path:
     """The data folder: ``$BRAINKIT_DATA``, then ``parameter``, then Colab's or the home cache."""
     env = os.environ.get("BRAINKIT_DATA")
@@ -107,16 +79,6 @@ def resolve_data_dir(parameter: str | os.PathLike | None = None) -> Path:
     if in_colab():
         return Path("/content/brainkit/data")
     return _home_cache() / "data"
-
-
-def resolve_cache_dir() -> Path:
-    """The cache folder for converted models and preprocessed data."""
-    env = os.environ.get("BRAINKIT_CACHE")
-    if env:
-        return Path(env).expanduser().resolve()
-    if in_colab():
-        return Path("/content/brainkit/cache")
-    return _home_cache()
 
 
 def versions(packages: tuple[str, ...] = KEY_PACKAGES) -> dict[str, str | None]:

@@ -325,7 +325,7 @@ def _byte_order() -> list[str]:
 def _cache_root(cache_dir: str | os.PathLike | None) -> Path:
     if cache_dir is not None:
         return Path(cache_dir).expanduser().resolve()
-    from .env import resolve_cache_dir
+    from .cache import resolve_cache_dir
 
     return resolve_cache_dir()
 
@@ -431,7 +431,7 @@ def load_model(source: str | os.PathLike, *, kind: str = "auto", cache_dir: str 
       ``seed`` (the global random state is left alone) when given;
     - hub ids and folders pass ``config_overrides`` to ``from_pretrained``; ``local_files_only`` is
       forced on when :func:`hub_offline` is true and for folders;
-    - ``offline:`` sources convert once into ``cache_dir`` (default: ``brainkit.env.resolve_cache_dir()``).
+    - ``offline:`` sources convert once into ``cache_dir`` (default: ``brainkit.cache.resolve_cache_dir()``).
 
     The model is returned in eval mode. ``trust_remote_code`` stays off.
     """

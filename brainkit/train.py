@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from .cache import atomic_save_tensors, atomic_write_text
 from .errors import CheckpointError, ConfigError
 
-__all__ = ["fit", "FitResult", "TrainState", "StopAtStep", "save_weights", "load_weights", "to_device"]
+__all__ = ["fit", "FitResult", "TrainState", "StopAtStep", "save_weights", "load_weights", "to_device", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,24 @@ _STATE_KEY = "brainkit_state"
 # --------------------------------------------------------------------------------------------
 # small utilities
 # --------------------------------------------------------------------------------------------
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch (all devices); with ``deterministic`` ask torch for
+    deterministic kernels (warn-only, so an op without one still runs)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed: expected a non-negative int, found {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+        # cuBLAS needs this for deterministic matmuls on CUDA >= 10.2.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
 def to_device(batch: Any, device: torch.device | str) -> Any:
     """Move every tensor of a (nested) batch to ``device``."""
     if isinstance(batch, torch.Tensor):

@@ -69,6 +69,17 @@ def test_no_method_imports_another_and_no_shared_layer_imports_a_method():
     assert not bad, "\n".join(bad)
 
 
+def test_methods_and_shared_layers_import_nothing_that_composes_them():
+    # profiles.py composes the methods' sections, and env / results / runner / cli sit above it: a method or a
+    # shared layer importing one of them would be an import that runs back up (and pull in all four methods)
+    above = ("brainkit.profiles", "brainkit.env", "brainkit.results", "brainkit.runner", "brainkit.cli")
+    low = [p for p in PKG.rglob("*.py") if "methods" in p.parts or p.parent.name in ("data", "metrics")
+           or p.name in ("train.py", "losses.py", "hub.py", "generation.py", "cache.py", "sections.py", "faces.py")]
+    bad = [f"{p.relative_to(ROOT)} imports {imp}" for p in low for imp in _imports(p)
+           if imp.startswith(above)]
+    assert not bad, "\n".join(bad)
+
+
 @pytest.mark.parametrize("method", ["braingemma3d", "brainmri_gpt", "brat", "medvisionllama"])
 def test_a_method_imports_without_the_other_three(method):
     code = (f"import sys, brainkit.methods.{method} as m\n"

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,10 +62,9 @@ def load_cohort(cfg: Any, data_dir: str | os.PathLike, cache_dir: str | os.PathL
     ``data_dir`` otherwise (BraTS 2020 + TextBraTS folders).
     """
     from ...data import formats, layouts, manifests, transforms
-    from ...profiles import resolve
 
     if cfg.data_source == "phantom":
-        data_cfg = resolve(cfg, data_subjects=int(cfg.gemma_subjects)) if int(cfg.gemma_subjects) > 0 else cfg
+        data_cfg = replace(cfg, data_subjects=int(cfg.gemma_subjects)) if int(cfg.gemma_subjects) > 0 else cfg
         key = layouts.phantom_key(data_cfg, seed)
     else:
         brats_root = Path(data_dir) / "brats2020"

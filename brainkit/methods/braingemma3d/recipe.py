@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...env import seed_everything
+from ...train import seed_everything
 from .data import flip_lr
 from .inflate import VisionTower3D, inflate_vision_tower
 from .model import SlabSideProbe
@@ -56,7 +56,7 @@ def finetune_side_probe(m2d: nn.Module, init: str, heads: nn.Module, *, cfg: Any
     ``cfg.gemma_probe_steps`` steps of AdamW (``cfg.gemma_probe_lr``, one rate for tower and probe); each step
     draws ``cfg.gemma_probe_batch`` training volumes with replacement and flips each left-right with
     probability 1/2, its side swapped (:func:`~.data.flip_lr`), both draws from one ``torch.Generator`` seeded
-    with ``seed`` (after :func:`brainkit.env.seed_everything` ``(seed)``, which fixes the initialisation), so
+    with ``seed`` (after :func:`brainkit.train.seed_everything` ``(seed)``, which fixes the initialisation), so
     every tower sees the same data. The validation accuracy (:func:`side_accuracy` on ``idx["val"]``) is
     measured at step 0, every ``eval_every`` steps and at the last step; the checkpoint with the best one (the
     earliest among ties) is loaded into the tower and probe returned.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -228,9 +229,8 @@ def prepare_data(cfg: Any, data_dir, *, seed: int = 0, cache_file=None, tokenize
     from ...data.manifests import check_no_leak, make_splits
     from ...data.transforms import brat_transforms
     from ...hub import load_tokenizer
-    from ...profiles import resolve
-
-    vol_cfg = resolve(cfg, data_brat_volume_size=cfg.brat_volume_size)
+    # the profile with brat's own input size (None: the shared data_brat_volume_size)
+    vol_cfg = cfg if cfg.brat_volume_size is None else replace(cfg, data_brat_volume_size=tuple(cfg.brat_volume_size))
     if cfg.data_source == "phantom":
         dirs = ensure_phantom(cfg, data_dir, ["brats2020", "textbrats"], seed=seed,
                               n_jobs=int(getattr(cfg, "data_jobs", 1)))

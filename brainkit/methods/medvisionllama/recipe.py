@@ -141,7 +141,7 @@ def choose_min_size(model: nn.Module, images: torch.Tensor, masks: Sequence[np.n
 def train_run(model: nn.Module, train_data: Any, *, cfg: Any, seed: int, val_images: torch.Tensor,
               val_masks: Sequence[np.ndarray], out_dir: str | Path, device: torch.device, steps: int | None = None,
               workers: int = 1, resume: bool = False, callbacks: Iterable[Any] = (), desc: str = "mvl") -> Any:
-    """Train ``model`` (built right after ``brainkit.env.seed_everything(seed)``) on ``train_data`` through
+    """Train ``model`` (built right after ``brainkit.train.seed_everything(seed)``) on ``train_data`` through
     :func:`brainkit.train.fit`: ``steps`` (default ``cfg.mvl_steps``) AdamW steps under a one-cycle schedule,
     validated every ``cfg.mvl_eval_every`` steps on whole volumes, the checkpoint chosen on validation Dice, then
     the post-processing size chosen on validation. Returns fit's result with ``seconds`` and ``min_size``."""
