@@ -91,7 +91,7 @@ def test_a_method_imports_without_the_other_three(method):
     assert out.stdout.strip() == "[]", f"importing {method} imported {out.stdout.strip()}"
 
 
-def test_profiles_import_no_network_code():
+def test_reading_the_profiles_imports_no_method_networks():
     out = subprocess.run([sys.executable, "-c", "import sys, brainkit.profiles; print('torch' in sys.modules)"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr or out.stdout
