@@ -136,6 +136,50 @@ def test_all_normal_batch_gives_a_finite_loss_with_gradients(model):
     assert "dice_focal" in logs
 
 
+@pytest.mark.parametrize("lambda_dice", [1.0, 0.0, 0.5])
+def test_loss_over_all_layers_at_once_equals_monai_dice_focal_per_layer(model, lambda_dice):
+    from monai.losses import DiceFocalLoss
+
+    x, m, _ = blobs(4)
+    logits = model(x).logits.detach().requires_grad_(True)
+    ours = cl.LocalisationLoss(lambda_dice=lambda_dice)(logits, m)
+    ref_loss = DiceFocalLoss(sigmoid=True, batch=True, gamma=2.0, lambda_dice=lambda_dice, lambda_focal=1.0)
+    ref = sum(ref_loss(logits[:, i:i + 1], m[:, None].float()) for i in range(logits.shape[1]))
+    assert float(ours) == pytest.approx(float(ref), rel=1e-6)
+    g_ours, = torch.autograd.grad(ours, logits)
+    g_ref, = torch.autograd.grad(ref, logits)
+    assert torch.allclose(g_ours, g_ref, rtol=1e-5, atol=1e-9)
+
+
+def test_bad_loss_weights():
+    with pytest.raises(ConfigError, match="lambda_dice"):
+        cl.LocalisationLoss(lambda_dice=-1.0)
+
+
+def test_batched_decoders_equal_one_decoder_per_layer(model):
+    # the layers' decoders run as one baddbmm; the per-layer path (any projection) must give the same logits
+    x, _, _ = blobs(3)
+    with torch.no_grad():
+        tokens = model._decoder_inputs(model.encode(x)["tokens"])
+        fast = model._maps(tokens, list(model.decoders))
+        slow = model._maps(tokens, [lambda z, d=d: d(z) for d in model.decoders])  # not PatchDecoders: looped
+    assert fast.shape == slow.shape == (3, len(model.layers), SIZE, SIZE)
+    assert torch.allclose(fast, slow, rtol=1e-5, atol=1e-4)
+    assert not torch.allclose(fast[:, 0], fast[:, 1])  # the layers really have their own decoders
+
+
+def test_validation_loss_in_one_pass_equals_the_per_batch_loss(model):
+    x, m, _ = blobs(6)
+    batches = [{"image": x[:4], "mask": m[:4]}, {"image": x[4:], "mask": m[4:]}]
+    loss = cl.LocalisationLoss(lambda_dice=1.0)
+    got = cl.evaluate_pixel_auroc(loss)(model, batches)
+    loss_fn = cl.make_loss_fn(loss)
+    with torch.no_grad():
+        want = sum(float(loss_fn(model, b)[0]) * len(b["mask"]) for b in batches) / 6
+    assert got["val_loss"] == pytest.approx(want, rel=1e-6)
+    assert 0.0 <= got["val_pixel_auroc"] <= 1.0
+
+
 def test_empty_prompt_list(backbone):
     clip, tok = backbone
     with pytest.raises(ConfigError, match="non-empty"):

@@ -108,6 +108,11 @@ class PatchDecoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    @property
+    def shape_key(self) -> tuple:
+        """What must agree for decoders to run batched: the widths and the LeakyReLU slope."""
+        return (tuple(self.net[0].weight.shape), tuple(self.net[2].weight.shape), self.net[1].negative_slope)
+
 
 @dataclass
 class LocaliserOutput:
@@ -253,16 +258,29 @@ class CLIPLocaliser(nn.Module):
         return [vm.post_layernorm(tokens[:, i]) if self.patch_norm else tokens[:, i] for i in range(tokens.shape[1])]
 
     def _maps(self, tokens: list[torch.Tensor], project: list[nn.Module]) -> torch.Tensor:
-        b = tokens[0].shape[0]
-        g = self.grid
-        logits = []
-        for z, proj in zip(tokens, project):
-            f = F.normalize(proj(z), dim=-1)  # (B, N, C)
-            sim = self.temperature * f @ self.text_feats.T  # (B, N, 2)
-            d = (sim[..., 1] - sim[..., 0]).reshape(b, 1, g, g)
-            logits.append(F.interpolate(d, size=(self.image_size, self.image_size), mode="bilinear",
-                                        align_corners=False))
-        return torch.cat(logits, dim=1)
+        """The abnormal logit ``τ (s_a − s_n)`` of every layer, upsampled: ``(B, L, S, S)``. The trained
+        decoders run as one batched matrix product over the layers (the same sums as one
+        ``PatchDecoder`` call per layer, equal to rounding), other projections one layer at a time."""
+        b, g = tokens[0].shape[0], self.grid
+        if all(isinstance(p, PatchDecoder) for p in project) and len({p.shape_key for p in project}) == 1:
+            z = torch.stack(tokens).flatten(1, 2)  # (L, B*N, D)
+            first, act, second = zip(*(p.net for p in project))
+            h = torch.baddbmm(torch.stack([m.bias for m in first])[:, None], z,
+                              torch.stack([m.weight for m in first]).transpose(1, 2))
+            h = F.leaky_relu(h, act[0].negative_slope)
+            f = torch.baddbmm(torch.stack([m.bias for m in second])[:, None], h,
+                              torch.stack([m.weight for m in second]).transpose(1, 2))
+            sim = self.temperature * F.normalize(f, dim=-1) @ self.text_feats.T  # (L, B*N, 2)
+            d = (sim[..., 1] - sim[..., 0]).reshape(len(project), b, g, g).transpose(0, 1)
+        else:
+            rows = []
+            for z, proj in zip(tokens, project):
+                f = F.normalize(proj(z), dim=-1)  # (B, N, C)
+                sim = self.temperature * f @ self.text_feats.T  # (B, N, 2)
+                rows.append((sim[..., 1] - sim[..., 0]).reshape(b, 1, g, g))
+            d = torch.cat(rows, dim=1)
+        return F.interpolate(d.contiguous(), size=(self.image_size, self.image_size), mode="bilinear",
+                             align_corners=False)
 
     def _output(self, logits: torch.Tensor, f_c: torch.Tensor) -> LocaliserOutput:
         layer_maps = torch.sigmoid(logits)
@@ -313,19 +331,25 @@ def check_masks(masks: torch.Tensor, images: torch.Tensor | tuple[int, ...]) -> 
 
 
 class LocalisationLoss(nn.Module):
-    """Σ over layers of Focal + Dice on the abnormal channel (MONAI ``DiceFocalLoss``, sigmoid on the logit).
+    """Σ over layers of Focal + Dice on the abnormal channel (MONAI's ``FocalLoss`` and ``DiceLoss``, the
+    terms of ``DiceFocalLoss``, sigmoid on the logit), all layers in one call: the layers are channels,
+    each with its own mean Focal and its own Dice.
 
     Dice is computed over the whole batch (``batch=True``), so slices without a tumour inside a
     mixed batch are fine. An all-normal batch is allowed: its Dice term only pushes the maps
-    towards zero (no NaN), and the focal term works as usual.
+    towards zero (no NaN), and the focal term works as usual. With ``lambda_dice = 0`` Dice is not
+    computed at all.
     """
 
     def __init__(self, lambda_dice: float = 1.0, lambda_focal: float = 1.0, gamma: float = 2.0):
         super().__init__()
-        from monai.losses import DiceFocalLoss
+        from monai.losses import DiceLoss, FocalLoss
 
-        self.loss = DiceFocalLoss(sigmoid=True, batch=True, gamma=gamma, lambda_dice=lambda_dice,
-                                  lambda_focal=lambda_focal)
+        if lambda_dice < 0 or lambda_focal < 0:
+            raise ConfigError(f"lambda_dice, lambda_focal: expected values >= 0, found {lambda_dice}, {lambda_focal}")
+        self.lambda_dice, self.lambda_focal = float(lambda_dice), float(lambda_focal)
+        self.focal = FocalLoss(gamma=gamma, reduction="none")
+        self.dice = DiceLoss(sigmoid=True, batch=True, reduction="none")
 
     def forward(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         if logits.ndim != 4:
@@ -334,7 +358,10 @@ class LocalisationLoss(nn.Module):
             masks = masks.unsqueeze(1)
         if tuple(masks.shape) != (logits.shape[0], 1, *logits.shape[-2:]):
             raise DataError(None, "masks.shape", f"{(logits.shape[0], *logits.shape[-2:])}", tuple(masks.shape))
-        masks = masks.to(logits.dtype)
-        return sum(self.loss(logits[:, i:i + 1], masks) for i in range(logits.shape[1]))
+        target = masks.to(logits.dtype).expand(-1, logits.shape[1], -1, -1)
+        per_layer = self.lambda_focal * self.focal(logits, target).mean(dim=(0, 2, 3))
+        if self.lambda_dice:
+            per_layer = per_layer + self.lambda_dice * self.dice(logits, target).reshape(-1)
+        return per_layer.sum()
 
 

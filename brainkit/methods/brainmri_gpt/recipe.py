@@ -55,27 +55,35 @@ def make_loss_fn(loss: LocalisationLoss | None = None, image_key: str = "image",
 
 @torch.no_grad()
 def predict(model: CLIPLocaliser, loader, *, zero_shot: bool = False, image_key: str = "image",
-            mask_key: str = "mask", label_key: str = "label") -> dict[str, torch.Tensor]:
+            mask_key: str = "mask", label_key: str = "label",
+            loss: LocalisationLoss | None = None) -> dict[str, torch.Tensor]:
     """Run ``model`` (or its zero-shot baseline) over ``loader``; returns CPU tensors ``maps``
     ``(N, S, S)``, ``masks``, ``score_cls``, ``score_max`` and ``labels`` (1 = tumour slice; taken from
-    the batch, else from whether the mask has any tumour pixel)."""
+    the batch, else from whether the mask has any tumour pixel). With ``loss``, also ``loss``: its mean
+    over the slices, from the same forward pass."""
     was_training = model.training
     model.eval()
     keep: dict[str, list[torch.Tensor]] = {k: [] for k in ("maps", "masks", "score_cls", "score_max", "labels")}
+    total, n = 0.0, 0
     for batch in loader:
         out, ref = _run(model, batch, image_key, zero_shot=zero_shot)
         keep["maps"].append(out.anomaly_map.float().cpu())
         keep["score_cls"].append(out.score_cls.float().cpu())
         keep["score_max"].append(out.score_max.float().cpu())
         if mask_key in batch:
-            m = check_masks(batch[mask_key], ref)[:, 0].cpu()
-            keep["masks"].append(m)
+            m = check_masks(batch[mask_key], ref)
+            keep["masks"].append(m[:, 0].cpu())
+            if loss is not None:
+                total, n = total + float(loss(out.logits, m.to(out.logits.device))) * m.shape[0], n + m.shape[0]
         if label_key in batch:
             keep["labels"].append(torch.as_tensor(batch[label_key]).long().cpu())
         elif mask_key in batch:
             keep["labels"].append((keep["masks"][-1].flatten(1).amax(1) > 0).long())
     model.train(was_training)
-    return {k: torch.cat(v) for k, v in keep.items() if v}
+    result = {k: torch.cat(v) for k, v in keep.items() if v}
+    if loss is not None:
+        result["loss"] = torch.tensor(total / max(n, 1), dtype=torch.float64)
+    return result
 
 
 class FeatureSet(torch.utils.data.Dataset):
@@ -98,21 +106,17 @@ class FeatureSet(torch.utils.data.Dataset):
         return {"tokens": self.tokens[i], "f_c": self.f_c[i], "mask": self.masks[i], "label": self.labels[i]}
 
 
-def evaluate_pixel_auroc(loss_fn=None):
+def evaluate_pixel_auroc(loss: LocalisationLoss | None = None):
     """An ``evaluate(model, val_loader)`` for :func:`brainkit.train.fit`: validation pixel AUROC of the
-    anomaly map (the monitored metric, ``val_pixel_auroc``) and, with ``loss_fn``, the validation loss."""
+    anomaly map (the monitored metric, ``val_pixel_auroc``) and, with ``loss``, the validation loss
+    (``val_loss``, from the same forward pass)."""
     from ...metrics.localisation import pixel_auroc
 
     def evaluate(model: CLIPLocaliser, loader) -> dict[str, float]:
-        pred = predict(model, loader)
+        pred = predict(model, loader, loss=loss)
         out = {"val_pixel_auroc": pixel_auroc(pred["maps"], pred["masks"])}
-        if loss_fn is not None:
-            total, n = 0.0, 0
-            for batch in loader:
-                value, _ = loss_fn(model, batch)
-                k = int(batch["mask"].shape[0])
-                total, n = total + float(value) * k, n + k
-            out["val_loss"] = total / max(n, 1)
+        if loss is not None:
+            out["val_loss"] = float(pred["loss"])
         return out
 
     return evaluate
@@ -130,10 +134,10 @@ def train_decoders(model: CLIPLocaliser, train_loader, val_loader, *, epochs: in
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConfigError("model: no trainable parameters (the decoders are frozen?)")
-    loss_fn = make_loss_fn(loss)
+    loss = LocalisationLoss() if loss is None else loss
     opt = torch.optim.Adam(params, lr=lr, betas=tuple(betas))
-    return fit(model, train_loader, loss_fn=loss_fn, optimizer=opt, epochs=epochs, val_loader=val_loader,
-               evaluate=evaluate_pixel_auroc(loss_fn), monitor="val_pixel_auroc", mode="max", out_dir=out_dir,
+    return fit(model, train_loader, loss_fn=make_loss_fn(loss), optimizer=opt, epochs=epochs, val_loader=val_loader,
+               evaluate=evaluate_pixel_auroc(loss), monitor="val_pixel_auroc", mode="max", out_dir=out_dir,
                resume=resume, seed=seed, callbacks=callbacks, log_every=log_every, cpu=cpu, desc=desc)
 
 
