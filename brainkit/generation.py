@@ -29,6 +29,7 @@ tokens only), ``"phase2b"`` projector + LoRA.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -42,7 +43,7 @@ from .losses import info_nce
 
 __all__ = ["ReportVLM", "load_language_model", "lora_config", "check_volume", "PerceiverResampler",
            "AdaptivePoolCompressor", "make_compressor", "COMPRESSORS", "CANONICAL_PROMPT", "GENERATION",
-           "LORA_TARGETS", "STAGES"]
+           "LORA_TARGETS", "STAGES", "visual_tokens_zeroed"]
 
 log = logging.getLogger(__name__)
 
@@ -398,6 +399,23 @@ class ReportVLM(nn.Module):
         out = self.lm.generate(**inputs, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None
                                else tok.eos_token_id, eos_token_id=tok.eos_token_id, **settings)
         return [t.strip() for t in tok.batch_decode(out, skip_special_tokens=True)]
+
+
+@contextlib.contextmanager
+def visual_tokens_zeroed(model: ReportVLM):
+    """Within the block, ``model``'s visual tokens are zeros of their usual shape: the same LM, prompt and
+    positions, but nothing from the image. The baseline of ``06_braingemma3d_evaluation`` that shows how much a
+    report owes to the volume."""
+    original = model.visual_tokens
+
+    def zeros(volume: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(original(volume))
+
+    model.visual_tokens = zeros  # an instance attribute, over the method
+    try:
+        yield model
+    finally:
+        del model.visual_tokens
 
 
 # -- token compressors: many vision tokens in, a fixed small number out -------------------------------

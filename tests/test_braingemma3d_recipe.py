@@ -65,3 +65,75 @@ def test_same_seed_same_weights(setting):
     assert _equal(_state(first[0], first[1]), _state(second[0], second[1]))
     other = _run(setting, seed=4)
     assert other[2] != first[2]  # the seed drives initialisation and batches
+
+
+# ---- notebooks 05 / 06: build, run the three stages, reload from the checkpoint's own settings ----------------
+def _report_parts(seed=0):
+    from brainkit.generation import load_language_model
+    from brainkit.methods.braingemma3d.inflate import inflate_vision_tower
+
+    v2d = load_model("tiny:siglip", kind="siglip_vision", seed=seed, vision_image_size=32, vision_num_hidden_layers=1)
+    lm, tok = load_language_model("tiny:gemma3", seed=seed)
+    return inflate_vision_tower(v2d, depth_kernel=2), lm, tok
+
+
+REPORT_VOLS = torch.randn(6, 1, 4, 32, 32, generator=torch.Generator().manual_seed(1))
+REPORT_TEXTS = ["Left frontal mass with oedema.", "No abnormality.", "Right temporal enhancing lesion.",
+                "No abnormality.", "Left parietal mass.", "Right frontal oedema."]
+
+
+def test_stages_with_a_non_default_compressor_train_and_reload_as_notebook_06_does(tmp_path):
+    import copy
+
+    from brainkit.errors import CheckpointError
+    from brainkit.profiles import resolve
+
+    cfg = resolve("smoke", gemma_compressor="pool", gemma_num_tokens=6, gemma_lora_rank=2)
+    settings = recipe.vlm_settings(cfg)
+    assert settings["compressor"] == "pool" and settings["num_tokens"] == 6 and settings["lora_rank"] == 2
+    tower, lm, tok = _report_parts()
+    saved_lm = copy.deepcopy(lm)  # what notebook 05 saves to checkpoints/lm: the frozen base is not in a stage file
+    torch.manual_seed(0)
+    model = recipe.build_vlm(tower, lm, tok, cfg)
+    assert type(model.compressor).__name__ == "AdaptivePoolCompressor" and model.num_tokens == 6
+    pairs = list(zip(REPORT_VOLS, REPORT_TEXTS))
+    collate = lambda b: (torch.stack([x for x, _ in b]), [t for _, t in b])  # noqa: E731
+    train = torch.utils.data.DataLoader(pairs, batch_size=3, shuffle=True, collate_fn=collate,
+                                        generator=torch.Generator().manual_seed(0))
+    val = torch.utils.data.DataLoader(pairs[:3], batch_size=3, collate_fn=collate)
+    check = (REPORT_VOLS[:3], REPORT_TEXTS[:3])
+    rows = {}
+    for stage, loss_fn in (("phase1", recipe.contrastive_loss_fn(cfg.gemma_tau)), ("phase2a", recipe.report_loss_fn),
+                           ("phase2b", recipe.report_loss_fn)):
+        if stage == "phase2b":
+            model.add_lora(settings["lora_rank"])
+        rows[stage] = recipe.run_stage(model, stage, loss_fn, steps=3, train_loader=train, val_loader=val, lr=1e-2,
+                                       folder=tmp_path / stage, seed=0, settings=settings, check_batch=check)
+        assert rows[stage]["steps"] == 3 and rows[stage]["reload_diff"] < 1e-5
+        assert rows[stage]["loss_scrambled"] != pytest.approx(rows[stage]["loss_before"], abs=1e-4)
+    assert recipe.stage_settings(tmp_path / "phase2b" / "stage.safetensors") == settings
+
+    # notebook 06: a fresh tower of the same architecture and the saved LM, no profile needed; the NLL comes back
+    tower2, _, _ = _report_parts(seed=5)
+    loaded, info = recipe.load_trained(tower2, copy.deepcopy(saved_lm), tok, tmp_path)
+    assert info["stage"] == "phase2b" and info["settings"] == settings
+    assert type(loaded.compressor).__name__ == "AdaptivePoolCompressor" and loaded.num_tokens == 6
+    with torch.no_grad():
+        assert torch.allclose(loaded.report_nll(*check), model.report_nll(*check), atol=1e-5)
+        # the defaults (perceiver, 32 tokens) are what 06 rebuilt before: that checkpoint cannot go into them
+        default = recipe.build_vlm(tower2, copy.deepcopy(saved_lm), tok, recipe.vlm_settings(resolve("smoke")))
+        default.add_lora(2)
+        with pytest.raises(CheckpointError, match="another ReportVLM configuration"):
+            default.load_stage(tmp_path / "phase2b" / "stage.safetensors")
+
+
+def test_load_trained_names_what_is_missing(tmp_path):
+    from brainkit.errors import CheckpointError
+
+    tower, lm, tok = _report_parts()
+    with pytest.raises(CheckpointError, match=r"phase2b.*not found"):
+        recipe.load_trained(tower, lm, tok, tmp_path)
+    m = recipe.build_vlm(tower, lm, tok, {"compressor": "pool", "num_tokens": 4})
+    path = m.save_stage(tmp_path / "phase2a" / "stage.safetensors", stage="phase2a")  # no settings written
+    with pytest.raises(CheckpointError, match=r"stage\.safetensors: field 'settings'"):
+        recipe.stage_settings(path)

@@ -205,3 +205,18 @@ def test_slice_tower_reads_the_middle_slice():
     assert not torch.allclose(tower(vol), out)
     with pytest.raises(DataError, match="5D"):
         tower(torch.randn(32, 32))
+
+
+def test_visual_tokens_zeroed_keeps_the_shape_and_removes_the_image():
+    from brainkit.generation import visual_tokens_zeroed
+
+    m = _vlm()
+    with torch.no_grad():
+        seen = m.report_nll(VOL, REPORTS)
+        with visual_tokens_zeroed(m) as blind:
+            z = blind.visual_tokens(VOL)
+            assert z.shape == (2, 4, m.d_lm) and not z.any()
+            a = blind.report_nll(VOL, REPORTS)
+            b = blind.report_nll(torch.randn_like(VOL), REPORTS)  # the image no longer matters
+        assert torch.equal(a, b) and not torch.allclose(a, seen)
+        assert torch.equal(m.report_nll(VOL, REPORTS), seen)  # restored after the block

@@ -120,11 +120,24 @@ def gates_06(m):
                   "pathology_f1_strict", "anatomy_f1_strict", "healthy_specificity"):
             assert m[f"{prefix}{k}"] is not None and 0.0 <= m[f"{prefix}{k}"] <= 10.0, f"{prefix}{k}"
     assert 0.0 <= m["lime_positive_weight_on_lesion"] <= 1.0
+    # Issue 16: proof that the reports read the image, scored on the same test cases: the mirror, and two baselines
+    # that cannot see it (visual tokens zeroed; a random training report), with paired bootstrap intervals
+    assert m["mirror_cases"] >= 20 and 0.0 <= m["mirror_side_swap_rate"] <= 1.0
+    reads = []
+    for base in ("blind", "random_report"):
+        for k in ("laterality_f1_strict", "pathology_f1_strict", "pathology_f1_released", "healthy_specificity"):
+            assert m[f"{base}_{k}"] is not None, f"{base}_{k}"
+        for k in ("laterality_f1_strict", "healthy_specificity"):
+            low, diff, high = (m[f"model_minus_{base}_{k}_{part}"] for part in ("low", "difference", "high"))
+            assert low <= diff <= high, (base, k)
+            reads.append(low > 0)
     met = (m["laterality_f1_strict"] >= 0.60 and m["pathology_f1_strict"] >= 0.85
-           and m["healthy_specificity"] >= 0.70)
-    unmet_gate(met, f"issue #5, notebook 06: laterality F1 strict {m['laterality_f1_strict']:.3f} (>= 0.60), "
+           and m["healthy_specificity"] >= 0.70 and m["mirror_side_swap_rate"] >= 0.70 and all(reads))
+    unmet_gate(met, f"issues #5/#16, notebook 06: laterality F1 strict {m['laterality_f1_strict']:.3f} (>= 0.60), "
                     f"pathology F1 strict {m['pathology_f1_strict']:.3f} (>= 0.85), healthy specificity "
-                    f"{m['healthy_specificity']:.3f} (>= 0.70) (README, BrainGemma3D)")
+                    f"{m['healthy_specificity']:.3f} (>= 0.70), mirror side swap rate "
+                    f"{m['mirror_side_swap_rate']:.3f} (>= 0.70), model - baseline intervals above 0: "
+                    f"{sum(reads)} of 4 (README, BrainGemma3D)")
 
 
 def gates_07(m):

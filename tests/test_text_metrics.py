@@ -62,3 +62,43 @@ def test_clinical_strict_vs_released_and_specificity():
     assert math.isnan(clinical_metrics(REFS[:1], REFS[:1])["healthy_specificity"])
     with pytest.raises(DataError, match="one report per reference"):
         clinical_metrics(REFS[:2], REFS)
+
+
+def test_clinical_per_case_means_are_the_metrics_and_nan_marks_what_does_not_count():
+    import math
+
+    from brainkit.metrics.clinical import clinical_metrics, clinical_per_case
+
+    refs = ["Left frontal mass with oedema.", "No abnormality.", "Right temporal enhancing lesion.", "No abnormality."]
+    hyps = ["Left frontal mass.", "Right frontal mass.", "No abnormality.", "No abnormality."]
+    cases, means = clinical_per_case(hyps, refs), clinical_metrics(hyps, refs)
+    assert math.isnan(cases["healthy_specificity"][0]) and cases["healthy_specificity"][1:4:2] == [0.0, 1.0]
+    assert math.isnan(cases["lat_f1"][3])  # both reports name no side: left out of the strict mean
+    assert cases["lat_f1_released"][3] == 1.0
+    for key, values in cases.items():
+        kept = [v for v in values if not math.isnan(v)]
+        assert means[key] == pytest.approx(sum(kept) / len(kept))
+    assert means["n_healthy"] == 2
+
+
+def test_paired_bootstrap_difference():
+    import numpy as np
+
+    from brainkit.errors import DataError
+    from brainkit.metrics.stats import paired_bootstrap_difference
+
+    rng = np.random.default_rng(0)
+    base = rng.random(80)
+    better = paired_bootstrap_difference(base + 0.2, base, seed=1)
+    assert better["difference"] == pytest.approx(0.2) and 0 < better["low"] <= 0.2 <= better["high"]
+    noise = paired_bootstrap_difference(rng.random(80), rng.random(80), seed=1)
+    assert noise["low"] < noise["difference"] < noise["high"] and noise["low"] < 0 < noise["high"]
+    with_nan = base.copy()
+    with_nan[:10] = np.nan  # cases that do not count for one system
+    r = paired_bootstrap_difference(with_nan, base, seed=1)
+    assert r["difference"] == pytest.approx(np.nanmean(with_nan) - base.mean())
+    assert paired_bootstrap_difference(base + 0.2, base, seed=1) == better  # seeded
+    with pytest.raises(DataError, match="one length"):
+        paired_bootstrap_difference([1.0, 2.0], [1.0])
+    with pytest.raises(DataError, match="NaN"):
+        paired_bootstrap_difference([np.nan, np.nan], [1.0, 2.0])

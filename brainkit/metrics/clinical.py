@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from ..errors import DataError
 
-__all__ = ["set_f1", "clinical_metrics", "CATEGORIES"]
+__all__ = ["set_f1", "clinical_per_case", "clinical_metrics", "CATEGORIES"]
 
 CATEGORIES = ("laterality", "anatomy", "pathology")
 
@@ -40,9 +40,11 @@ def set_f1(pred: set[str], ref: set[str], *, empty: float | None) -> float | Non
     return 2 * p * r / (p + r)
 
 
-def clinical_metrics(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
-    """``{lat_f1, anat_f1, path_f1}`` (strict), the same with ``_released``, and ``healthy_specificity``
-    (NaN when the references hold no healthy case)."""
+def clinical_per_case(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, list[float]]:
+    """One value per case for each metric of :func:`clinical_metrics` (``lat_f1``, ``anat_f1``, ``path_f1``, the
+    ``_released`` variants, ``healthy_specificity``), NaN where the case does not count (strict: both entity sets
+    empty; specificity: a reference with a lesion). The metric is the mean of its non-NaN values, so the lists
+    are what a paired bootstrap over cases resamples."""
     from ..data.reports import extract_findings
 
     if isinstance(hypotheses, str) or isinstance(references, str) or len(hypotheses) != len(references):
@@ -52,15 +54,25 @@ def clinical_metrics(hypotheses: Sequence[str], references: Sequence[str]) -> di
         raise DataError(None, "references", "at least one report", "none")
     H = [extract_findings(h) for h in hypotheses]
     R = [extract_findings(r) for r in references]
+    nan = float("nan")
     short = {"laterality": "lat", "anatomy": "anat", "pathology": "path"}
-    out: dict[str, float] = {}
+    out: dict[str, list[float]] = {}
     for cat in CATEGORIES:
         strict = [set_f1(h[cat], r[cat], empty=None) for h, r in zip(H, R)]
-        strict = [v for v in strict if v is not None]
-        released = [set_f1(h[cat], r[cat], empty=1.0) for h, r in zip(H, R)]
-        out[f"{short[cat]}_f1"] = float(sum(strict) / len(strict)) if strict else float("nan")
-        out[f"{short[cat]}_f1_released"] = float(sum(released) / len(released))
-    healthy = [h["pathology"] == {"normal"} for h, r in zip(H, R) if r["pathology"] == {"normal"}]
-    out["healthy_specificity"] = float(sum(healthy) / len(healthy)) if healthy else float("nan")
-    out["n_healthy"] = float(len(healthy))
+        out[f"{short[cat]}_f1"] = [nan if v is None else v for v in strict]
+        out[f"{short[cat]}_f1_released"] = [set_f1(h[cat], r[cat], empty=1.0) for h, r in zip(H, R)]
+    out["healthy_specificity"] = [float(h["pathology"] == {"normal"}) if r["pathology"] == {"normal"} else nan
+                                  for h, r in zip(H, R)]
+    return out
+
+
+def clinical_metrics(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, float]:
+    """``{lat_f1, anat_f1, path_f1}`` (strict), the same with ``_released``, and ``healthy_specificity``
+    (NaN when the references hold no healthy case): the means of :func:`clinical_per_case`."""
+    cases = clinical_per_case(hypotheses, references)
+    out: dict[str, float] = {}
+    for key, values in cases.items():
+        kept = [v for v in values if v == v]  # NaN: the case does not count
+        out[key] = float(sum(kept) / len(kept)) if kept else float("nan")
+    out["n_healthy"] = float(sum(v == v for v in cases["healthy_specificity"]))
     return out
