@@ -24,6 +24,38 @@ def test_pva_benchmark_checks_identical_matches(capsys):
     assert "identical matches   : 36 / 36" in out and "speed-up" in out
 
 
+def test_pva_benchmark_interleaves_repeats_and_reports_the_spread(capsys):
+    mod = _load("pva")
+    calls = []
+    real_fast, real_literal = mod.pva_similarity, mod.pva_similarity_literal
+    mod.pva_similarity = lambda *a, **k: calls.append("fast") or real_fast(*a, **k)
+    mod.pva_similarity_literal = lambda *a, **k: calls.append("literal") or real_literal(*a, **k)
+    argv = ["--batch", "3", "--queries", "4", "--sentences", "6", "--dim", "8",
+            "--repeats", "3", "--fast-calls", "2"]
+    assert mod.main(argv) == 0
+    assert calls == ["fast"] + ["literal", "fast", "fast"] * 3  # one warm-up, then A B A B A B
+    out = capsys.readouterr().out
+    assert "3 interleaved repeats" in out and "per-repeat ratios: min" in out and "IQR" in out
+    assert "first call after the literal" in out
+    assert "identical matches   : 9 / 9" in out
+
+
+def test_pva_benchmark_exits_1_when_a_match_differs(capsys):
+    mod = _load("pva")
+    real_fast = mod.pva_similarity
+
+    def one_match_lost(*a, **k):
+        sim, pairs = real_fast(*a, **k)
+        pairs = pairs.clone()
+        pairs[0, 0, 0] = -1  # image 0 and report 0 lose their first match
+        return sim, pairs
+
+    mod.pva_similarity = one_match_lost
+    argv = ["--batch", "3", "--queries", "4", "--sentences", "6", "--dim", "8", "--repeats", "1"]
+    assert mod.main(argv) == 1
+    assert "identical matches   : 8 / 9" in capsys.readouterr().out
+
+
 def test_live_bytes_counts_and_frees_meta_tensors():
     mem = _load("memory")
     lin = torch.nn.Linear(100, 50, device="meta")

@@ -5,6 +5,7 @@ import logging
 
 import pytest
 import torch
+import torch.nn.functional as nnf
 
 from brainkit.errors import ConfigError, DataError
 from brainkit.hub import load_model, load_tokenizer
@@ -159,6 +160,63 @@ def test_similarity_is_pva_and_matches_more_sentences_than_queries(bert, tok):
     assert torch.allclose(sim.double(), ref, atol=1e-5)
     _, pairs = L.pva_similarity(V, F, mask, return_matches=True)
     assert (pairs[3, 3, :, 0] >= 0).sum() == 2  # min(N_Q, S) pairs
+
+
+def _assert_pva_matches_literal(V, F, mask):
+    """The vectorised PVA takes the same (view, sentence) pairs in the same order as Algorithm 1."""
+    ref_sim, ref = L.pva_similarity_literal(V, F, mask)
+    sim, pairs = L.pva_similarity(V, F, mask, return_matches=True)
+    got = [[[tuple(p) for p in pairs[i, j].tolist() if p[0] >= 0] for j in range(F.shape[0])]
+           for i in range(V.shape[0])]
+    assert got == ref
+    invalid = pairs[..., 0] < 0
+    assert torch.equal(invalid, pairs[..., 1] < 0)  # -1 marks both halves of the missing pairs
+    assert (invalid[..., 1:] >= invalid[..., :-1]).all()  # ... and only trailing steps
+    assert torch.allclose(sim.double(), ref_sim, rtol=0, atol=1e-5)
+    chunked = L.pva_similarity(V, F, mask, chunk_size=2)
+    assert torch.allclose(chunked.double(), ref_sim, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("Nq,S", [(6, 4), (3, 7)])
+def test_pva_greedy_matches_literal_with_many_ties(Nq, S):
+    # embeddings with four entries of +-1: normalised entries are +-1/2, so every cosine is an exact
+    # multiple of 1/4 in [-1, 1] (whatever the summation order) and most of the N_q x S cosines tie
+    g = torch.Generator().manual_seed(3)
+
+    def grid(*shape, d=8):
+        x = torch.zeros(*shape, d)
+        idx = torch.rand(*shape, d, generator=g).argsort(-1)[..., :4]
+        signs = torch.randint(0, 2, (*shape, 4), generator=g).float() * 2 - 1
+        return x.scatter_(-1, idx, signs)
+
+    V, F = grid(5, Nq), grid(4, S)
+    cos = L._cosines(nnf.normalize(V, dim=-1), nnf.normalize(F, dim=-1))
+    assert torch.equal(cos * 4, (cos * 4).round())  # exact grid ...
+    assert cos.unique().numel() <= 9  # ... with many ties
+    _assert_pva_matches_literal(V, F, None)
+    mask = torch.ones(4, S, dtype=torch.bool)
+    mask[1, 1:] = False
+    mask[2, 0] = False
+    _assert_pva_matches_literal(V, F, mask)
+
+
+def test_pva_greedy_matches_literal_with_padded_sentences():
+    g = torch.Generator().manual_seed(4)
+    B_img, B_rep, Nq, S, d = 4, 6, 5, 8, 16
+    V = torch.randn(B_img, Nq, d, generator=g)
+    F = torch.randn(B_rep, S, d, generator=g)
+    lengths = [8, 1, 3, 5, 2, 6]  # more and fewer sentences than views
+    mask = torch.arange(S)[None] < torch.tensor(lengths)[:, None]
+    mask[5, 2] = False  # a hole inside a report, not only trailing padding
+    F[~mask] = V[0, 0] * 10  # padding that would win every match if it were ever considered
+    _assert_pva_matches_literal(V, F, mask)
+    _, pairs = L.pva_similarity(V, F, mask, return_matches=True)
+    assert pairs.shape == (B_img, B_rep, Nq, 2)
+    taken = (pairs[..., 0] >= 0).sum(-1)
+    assert taken.tolist() == [[min(Nq, n) for n in [8, 1, 3, 5, 2, 5]]] * B_img
+    s, valid = pairs[..., 1], pairs[..., 1] >= 0
+    report = torch.arange(B_rep)[None, :, None].expand_as(s)
+    assert mask[report[valid], s[valid]].all()  # padded sentences are never matched
 
 
 @pytest.mark.parametrize("name", list(B.ABLATIONS))

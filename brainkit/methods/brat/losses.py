@@ -173,63 +173,87 @@ def pva_similarity_literal(V, F, sentence_mask=None) -> tuple[torch.Tensor, list
     return sim, matches
 
 
+def _real_sentences(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat indices ``j * S + s`` of the real sentences ``(R,)`` (in the order of ``mask.nonzero()``) and,
+    ``(B_rep, S)``, each sentence's row among them (``-1`` for padding)."""
+    real = mask.reshape(-1).nonzero().squeeze(1)
+    row_of = torch.full(mask.shape, -1, dtype=torch.long, device=mask.device)
+    row_of.view(-1)[real] = torch.arange(real.numel(), device=mask.device)
+    return real, row_of
+
+
 @torch.no_grad()
-def _greedy_matches(cos4: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _greedy_matches(cos: torch.Tensor, mask: torch.Tensor,
+                    real: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Greedy matching (Algorithm 1) of every image-report pair at once.
 
-    ``cos4``: cosines ``(B_img, N_q, B_rep, S)``, ``mask``: real sentences ``(B_rep, S)``. Returns the
-    views ``q`` and sentences ``s`` taken, ``(B_img * B_rep, K)`` in the order taken, and their validity
-    (``K = min(N_q, max_j S_j)``; a pair with fewer real sentences has invalid trailing steps).
+    ``cos``: ``(R, B_img, N_q)``, the cosines between the ``R`` real sentences of the batch (in the order
+    of ``mask.nonzero()``, i.e. of :func:`_real_sentences`, whose first output ``real`` may be passed)
+    and every view; ``mask``: real sentences ``(B_rep, S)``. Returns the views ``q`` and sentences ``s``
+    taken, ``(B_img * B_rep, K)`` (pair ``p = i * B_rep + j``) in the order taken, and their validity
+    (``K = min(N_q, max_j S_j)``; a pair with fewer real sentences has invalid trailing steps, where
+    ``q = s = -1``).
 
-    Same choices as taking the global maximum of the remaining matrix at every step, but cheaper: the
-    maximum of every view (row) over the live sentences is kept with its column, so a step is an argmax
-    over the ``N_q`` row maxima of each pair; deleting a sentence only invalidates the rows whose maximum
-    sat in it, and only those rows are recomputed. Ties: ``max`` returns the first maximal index, so the
-    lowest view, then the lowest sentence wins -- the lowest flat index, as in :func:`pva_literal`.
+    Each step takes the global maximum of every pair's remaining matrix, all pairs at once: the maximum
+    of every view over the live sentences (one ``amax`` over the sentence axis of a ``(B_rep, S, B_img,
+    N_q)`` buffer, vectorised over the pairs), then the first view holding the largest one and the first
+    sentence of that view holding it. Ties therefore go to the lowest view, then the lowest sentence --
+    the lowest flat index, as in :func:`pva_literal`. Deleting a view or a sentence writes ``-inf``
+    through precomputed index tensors (no ``nonzero`` and no host sync inside the loop). The reports are
+    sorted by decreasing length first, so that the pairs still matching at step ``k`` (those with
+    ``min(N_q, S_j) > k``) are a prefix of the buffer and the finished ones cost nothing.
     """
-    Bi, Nq, Br, S = cos4.shape
+    R, Bi, Nq = cos.shape
+    Br, S = mask.shape
     P = Bi * Br
+    dev, dt = cos.device, cos.dtype
     neg_inf = float("-inf")
-    dev = cos4.device
-    cos4 = cos4.detach()
-    dead = ~mask  # (B_rep, S): padded sentences are dead from the start
-    if bool(dead.any()):
-        bias = torch.zeros(Br, S, dtype=cos4.dtype, device=dev).masked_fill_(dead, neg_inf)
-        work = cos4 + bias
-    else:
-        work = cos4
-    row_max, row_arg = work.max(dim=3)  # (B_img, N_q, B_rep)
-    row_max = row_max.permute(0, 2, 1).reshape(P, Nq).contiguous()  # pair p = i * B_rep + j
-    row_arg = row_arg.permute(0, 2, 1).reshape(P, Nq).contiguous()
-    # 0 for a live sentence, -inf for a deleted or padded one, per pair
-    dead_bias = torch.zeros(P, S, dtype=cos4.dtype, device=dev).masked_fill_(
-        dead[None].expand(Bi, Br, S).reshape(P, S), neg_inf)
-    rows_of = work.reshape(Bi * Nq * Br, S)  # row (i, q, j) at (i * N_q + q) * B_rep + j
-    K = min(Nq, int(mask.sum(dim=1).max()))
-    qs = torch.empty(P, K, dtype=torch.long, device=dev)
-    ss = torch.empty(P, K, dtype=torch.long, device=dev)
-    vals = torch.empty(P, K, dtype=cos4.dtype, device=dev)
+    lengths = mask.sum(dim=1)
+    order = torch.argsort(lengths, descending=True, stable=True)  # rank -> report
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(Br, device=dev)  # report -> rank
+    steps = lengths[order].clamp(max=Nq).tolist()  # host sync (before the loop): rank r takes steps[r]
+    K = steps[0]
+    active, n_rep = [], Br  # active[k]: reports still matching at step k (steps is non-increasing)
     for k in range(K):
-        best_val, q = row_max.max(dim=1, keepdim=True)  # (P, 1): best remaining value and its view
-        s = row_arg.gather(1, q)
-        qs[:, k:k + 1] = q
-        ss[:, k:k + 1] = s
-        vals[:, k:k + 1] = best_val
+        while steps[n_rep - 1] <= k:
+            n_rep -= 1
+        active.append(n_rep)
+    # buf[r, s, i, q]: cosine of sentence s of the report of rank r with view q of image i; -inf = padding
+    buf = torch.empty(Br, S, Bi, Nq, dtype=dt, device=dev)
+    sorted_sentences = (rank[:, None] * S + torch.arange(S, device=dev)).view(-1)  # (j, s) -> row of buf
+    if real is None:
+        real = _real_sentences(mask)[0]
+    buf.view(Br * S, Bi * Nq).index_copy_(0, sorted_sentences[real], cos.detach().reshape(R, Bi * Nq))
+    if R < Br * S:
+        padded = (~mask).view(-1).nonzero().squeeze(1)
+        buf.view(Br * S, Bi * Nq).index_fill_(0, sorted_sentences[padded], neg_inf)
+    flat = buf.view(-1)
+    sent_rows = buf.view(Br * S * Bi, Nq)  # row (r, s, i): sentence s of pair (r, i), over the views
+    row_bias = torch.zeros(Br * Bi, Nq, dtype=dt, device=dev)  # -inf once pair r * B_img + i takes a view
+    pr = torch.arange(Br * Bi, device=dev)
+    sent0 = torch.div(pr, Bi, rounding_mode="floor") * (S * Bi) + pr % Bi  # row of (r, s=0, i) in sent_rows
+    view_col = (sent0[:, None] + torch.arange(S, device=dev) * Bi) * Nq  # flat index of buf[r, s, i, 0]
+    bias_row = pr * Nq
+    qs = torch.full((K, Br * Bi), -1, dtype=torch.long, device=dev)
+    ss = torch.full((K, Br * Bi), -1, dtype=torch.long, device=dev)
+    row_max = torch.empty(Br, Bi, Nq, dtype=dt, device=dev)
+    for k in range(K):
+        nr = active[k]
+        n = nr * Bi
+        rm = torch.amax(buf[:nr], dim=1, out=row_max[:nr]).view(n, Nq)
+        rm.add_(row_bias[:n])  # best live sentence of every live view
+        q = torch.argmax(rm, dim=1, out=qs[k, :n])  # first (lowest) view holding the pair's maximum
+        col = flat.index_select(0, (view_col[:n] + q[:, None]).view(-1)).view(n, S)
+        s = torch.argmax(col, dim=1, out=ss[k, :n])  # first (lowest) sentence of that view holding it
         if k + 1 == K:
             break
-        row_max.scatter_(1, q, neg_inf)  # delete the view ...
-        dead_bias.scatter_(1, s, neg_inf)  # ... and the sentence
-        stale = ((row_arg == s) & (row_max > neg_inf)).view(-1).nonzero().squeeze(1)
-        if stale.numel():
-            p_i = torch.div(stale, Nq, rounding_mode="floor")
-            q_i = stale - p_i * Nq
-            i_i = torch.div(p_i, Br, rounding_mode="floor")
-            j_i = p_i - i_i * Br
-            sub = rows_of.index_select(0, (i_i * Nq + q_i) * Br + j_i)
-            m, a = sub.add_(dead_bias.index_select(0, p_i)).max(dim=1)
-            row_max.view(-1).index_copy_(0, stale, m)
-            row_arg.view(-1).index_copy_(0, stale, a)
-    return qs, ss, vals > neg_inf
+        row_bias.view(-1).index_fill_(0, bias_row[:n] + q, neg_inf)  # delete the view ...
+        sent_rows.index_fill_(0, torch.add(sent0[:n], s, alpha=Bi), neg_inf)  # ... and the sentence
+    # back from (step, rank, image) to pair p = i * B_rep + j
+    qs = qs.view(K, Br, Bi).index_select(1, rank).permute(2, 1, 0).reshape(P, K).contiguous()
+    ss = ss.view(K, Br, Bi).index_select(1, rank).permute(2, 1, 0).reshape(P, K).contiguous()
+    return qs, ss, qs >= 0
 
 
 def pva_similarity(V, F, sentence_mask=None, *, return_matches: bool = False, chunk_size: int | None = None):
@@ -239,8 +263,9 @@ def pva_similarity(V, F, sentence_mask=None, *, return_matches: bool = False, ch
     sentence; ``None`` = all real). Returns the ``(B_img, B_rep)`` similarity matrix, differentiable
     through the matched cosines; with ``return_matches=True`` also a ``(B_img, B_rep, K, 2)`` long
     tensor of (view, sentence) pairs in the order taken, ``-1`` where fewer than ``K = min(N_q, S)``
-    pairs exist. Identical matches to :func:`pva_literal` (tested). ``chunk_size`` images at a time
-    bounds memory (``chunk_size * B_rep * N_q * S`` floats) for large retrieval evaluations.
+    pairs exist. Identical matches to :func:`pva_literal` (tested). Only the real sentences enter the
+    cosine GEMM. ``chunk_size`` images at a time bounds memory (``chunk_size * B_rep * N_q * S`` floats)
+    for large retrieval evaluations.
 
     Bad input: a report with no sentence, NaN/inf embeddings, mismatched shapes -> ConfigError.
     Introduced in ``08_brat_pretraining``.
@@ -248,24 +273,32 @@ def pva_similarity(V, F, sentence_mask=None, *, return_matches: bool = False, ch
     V, F, mask = _check_views_sentences(V, F, sentence_mask)
     if chunk_size is not None and chunk_size < 1:
         raise ConfigError(f"chunk_size: expected a positive integer or None, found {chunk_size}")
-    B_img, Nq = V.shape[:2]
+    B_img, Nq, d = V.shape
     B_rep, S = F.shape[:2]
+    real, row_of = _real_sentences(mask)
+    F_real = F.reshape(B_rep * S, d)
+    if real.numel() < B_rep * S:
+        F_real = F_real.index_select(0, real)  # (R, d): padded sentences never enter the GEMM
+    R = F_real.shape[0]
+    n_matched = mask.sum(dim=1).clamp(max=Nq).to(V.dtype)  # min(N_q, S_j) pairs per report
+    report_at = (torch.arange(B_rep, device=V.device) * S)[None, :, None]
+    row_or_0 = row_of.view(-1).clamp(min=0)  # padding -> row 0, only read by invalid (zeroed) steps
     step = B_img if chunk_size is None else chunk_size
     sims, all_matches = [], []
     for start in range(0, B_img, step):
         Vc = V[start:start + step]
         b = Vc.shape[0]
-        cos4 = _cosines_gemm(Vc, F)  # (b, N_q, B_rep, S)
-        qs, ss, valid = _greedy_matches(cos4, mask)
-        p = torch.arange(b * B_rep, device=V.device)[:, None]
-        i, j = torch.div(p, B_rep, rounding_mode="floor"), p % B_rep
-        picked = cos4.reshape(-1)[((i * Nq + qs) * B_rep + j) * S + ss]  # (P, K), with gradient
-        picked = torch.where(valid, picked, torch.zeros((), dtype=picked.dtype, device=picked.device))
-        sims.append((picked.sum(1) / valid.sum(1)).view(b, B_rep))
+        cos = F_real @ Vc.reshape(b * Nq, d).T  # (R, b * N_q): sentence r against view q of image i
+        qs, ss, valid = _greedy_matches(cos.view(R, b, Nq), mask, real)
+        K = qs.shape[1]
+        qs, ss, valid = qs.view(b, B_rep, K), ss.view(b, B_rep, K), valid.view(b, B_rep, K)
+        # flat index into cos of every matched cosine (invalid steps point at entry 0 and are zeroed)
+        r = row_or_0.index_select(0, (report_at + ss.clamp(min=0)).view(-1)).view(b, B_rep, K)
+        view_at = (torch.arange(b, device=V.device) * Nq)[:, None, None] + qs.clamp(min=0)
+        picked = cos.view(-1).index_select(0, torch.add(view_at, r, alpha=b * Nq).view(-1))  # with gradient
+        sims.append((picked.view(b, B_rep, K) * valid).sum(-1) / n_matched)
         if return_matches:
-            pairs = torch.stack([qs, ss], dim=-1)
-            pairs[~valid] = -1
-            all_matches.append(pairs.view(b, B_rep, -1, 2))
+            all_matches.append(torch.stack([qs, ss], dim=-1))
     sim = torch.cat(sims, 0)
     if return_matches:
         return sim, torch.cat(all_matches, 0)
