@@ -43,7 +43,7 @@ from .losses import info_nce
 
 __all__ = ["ReportVLM", "load_language_model", "lora_config", "check_volume", "PerceiverResampler",
            "AdaptivePoolCompressor", "make_compressor", "COMPRESSORS", "CANONICAL_PROMPT", "GENERATION",
-           "LORA_TARGETS", "STAGES", "visual_tokens_zeroed"]
+           "LORA_TARGETS", "STAGES", "visual_tokens_zeroed", "word_tokenizer"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,26 @@ def lora_config(rank: int = 4, alpha: int | None = None, dropout: float = 0.05):
         raise ConfigError(f"LoRA rank: expected >= 1, found {rank}")
     return LoraConfig(r=int(rank), lora_alpha=int(alpha if alpha is not None else 2 * rank), lora_dropout=dropout,
                       target_modules=list(LORA_TARGETS), bias="none", task_type="CAUSAL_LM")
+
+
+def word_tokenizer(texts: Sequence[str]):
+    """A word-level tokenizer (lower-cased, split on whitespace and punctuation) fitted on ``texts``, as a
+    transformers ``PreTrainedTokenizerFast`` with ``[PAD]`` / ``[BOS]`` / ``[EOS]`` / ``[UNK]`` and ``[BOS]`` put
+    before every text. The tokenizer of the smoke profile's tiny report LMs: a report is a few dozen words, not
+    hundreds of bytes. Used by ``05_braingemma3d_training`` and ``09_brat_evaluation``."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = list(texts)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise DataError(None, "texts", "a non-empty sequence of strings", f"{type(texts).__name__} of {len(texts)}")
+    tk = Tokenizer(models.WordLevel(unk_token="[UNK]"))
+    tk.normalizer = normalizers.Lowercase()
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[PAD]", "[BOS]", "[EOS]", "[UNK]"]))
+    tk.post_processor = processors.TemplateProcessing(single="[BOS] $A", special_tokens=[("[BOS]", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="[BOS]", eos_token="[EOS]", pad_token="[PAD]",
+                                   unk_token="[UNK]", clean_up_tokenization_spaces=True)
 
 
 def load_language_model(source: str, *, quantize_4bit: bool = False, cache_dir: Any = None, seed: int | None = None,

@@ -220,3 +220,17 @@ def test_visual_tokens_zeroed_keeps_the_shape_and_removes_the_image():
             b = blind.report_nll(torch.randn_like(VOL), REPORTS)  # the image no longer matters
         assert torch.equal(a, b) and not torch.allclose(a, seen)
         assert torch.equal(m.report_nll(VOL, REPORTS), seen)  # restored after the block
+
+
+def test_word_tokenizer_round_trips_words_and_marks_unknown_ones():
+    from brainkit.generation import word_tokenizer
+
+    tok = word_tokenizer(["A glioma in the left frontal lobe.", "No lesion."])
+    ids = tok("a glioma in the right lobe.")["input_ids"]
+    assert ids[0] == tok.bos_token_id  # [BOS] before every text
+    words = tok.convert_ids_to_tokens(ids[1:])
+    assert words == ["a", "glioma", "in", "the", "[UNK]", "lobe", "."]  # "right" was never seen
+    assert tok.decode(tok("No lesion.", add_special_tokens=False)["input_ids"]) == "no lesion."
+    assert {tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id} == {0, 1, 2, 3}
+    with pytest.raises(DataError, match="texts"):
+        word_tokenizer([])

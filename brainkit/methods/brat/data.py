@@ -220,7 +220,8 @@ def prepare_data(cfg: Any, data_dir, *, seed: int = 0, cache_file=None, tokenize
     (``brats2020`` + ``textbrats`` folders under ``data_dir``), patient-grouped 70/10/20 splits, the
     volumes through brat's MONAI chain (input ``cfg.brat_volume_size`` or ``cfg.data_brat_volume_size``),
     and the tokenised reports. ``cache_file`` (safetensors) keeps the preprocessed volumes: notebook 09
-    reads notebook 08's instead of preprocessing again."""
+    reads notebook 08's instead of preprocessing again. With ``cfg.brat_flip_prob`` > 0 the side-swapped
+    training reports are tokenised too (:func:`add_flipped_text`)."""
     from pathlib import Path
 
     from safetensors.torch import load_file
@@ -256,8 +257,11 @@ def prepare_data(cfg: Any, data_dir, *, seed: int = 0, cache_file=None, tokenize
     text = {k: tokenize_reports(tok, [r["report"] for r in v], max_tokens=cfg.brat_max_text_tokens,
                                 max_sentences=cfg.brat_max_sentences, ids=ids[k]) for k, v in splits.items()}
     findings = {k: [finding_labels(r["findings"] or None, r["report"]) for r in v] for k, v in splits.items()}
-    return {"dirs": dirs, "splits": splits, "volumes": vols, "text": text, "findings": findings, "tokenizer": tok,
+    data = {"dirs": dirs, "splits": splits, "volumes": vols, "text": text, "findings": findings, "tokenizer": tok,
             "input_size": tuple(vols["train"].shape[2:])}
+    if float(getattr(cfg, "brat_flip_prob", 0.0)) > 0:  # the flip augmentation's reports, so that cache_text sees
+        add_flipped_text(data, cfg)                      # every report the training will read
+    return data
 
 
 def add_flipped_text(data: dict[str, Any], cfg: Any) -> dict[str, Any]:
