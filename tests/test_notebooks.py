@@ -201,9 +201,9 @@ def gates_09(m):
         assert 0.0 <= m[f"seg_{key}_dice"] <= 1.0 and 0.0 <= m[f"gen_{key}_lat_f1"] <= 1.0
     assert m["brat_t2i_r5"] >= 2 * m["chance_r5"], \
         f"brat t2i R@5 {m['brat_t2i_r5']:.3f} (mean of {m['brat_seeds']} seeds) < 2 x chance {m['chance_r5']:.4f}"
-    unmet_gate(m["brat_attn_cos"] <= 0.5 * m["brat_wo_qd_attn_cos"],
-               f"issue #17: brat attention cosine {m['brat_attn_cos']:.3f} > half of brat w/o QD's "
-               f"{m['brat_wo_qd_attn_cos']:.3f} (README, brat)")
+    # met since the smoke profile took the paper's DPP weight (1.0; it was 0.05, 0.595 vs 0.910 at 150 steps)
+    assert m["brat_attn_cos"] <= 0.5 * m["brat_wo_qd_attn_cos"], \
+        f"brat attention cosine {m['brat_attn_cos']:.3f} > half of brat w/o QD's {m['brat_wo_qd_attn_cos']:.3f}"
 
 
 def gates_10(m):
